@@ -1,0 +1,52 @@
+"""Build a LLaVA-style model config/model from a YAML model spec (configs/model/*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .configuration import LlavaLlamaConfig
+from .llava_llama import LlavaLlamaForCausalLM
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+_SECTIONS = {"text", "vision", "projector", "mod"}
+
+
+def load_model_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A dict, a YAML path, or a name under configs/model/ ("tiny")."""
+    if isinstance(spec, dict):
+        data = spec
+    else:
+        path = Path(spec)
+        if not path.exists():
+            path = CONFIG_DIR / "model" / f"{spec}.yaml"
+        if not path.exists():
+            raise FileNotFoundError(f"model spec {spec!r}: no such file, and no configs/model/{spec}.yaml")
+        data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - _SECTIONS
+    if unknown:
+        raise ValueError(f"model spec {spec!r}: unknown sections {sorted(unknown)} (allowed: {sorted(_SECTIONS)})")
+    return data
+
+
+def build_config(spec: str | Path | dict[str, Any], *, vocab_size: int, image_token_index: int,
+                 pad_token_id: int, bos_token_id: int, eos_token_id: int) -> LlavaLlamaConfig:
+    data = load_model_spec(spec)
+    return LlavaLlamaConfig(
+        **data.get("text", {}),
+        vision_config=data.get("vision"),
+        **data.get("projector", {}),
+        mod=data.get("mod"),
+        vocab_size=vocab_size,
+        image_token_index=image_token_index,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+    )
+
+
+def build_model(spec, **token_ids) -> LlavaLlamaForCausalLM:
+    """A randomly initialised model from a spec; token ids come from the tokenizer (see data.tokenizer)."""
+    return LlavaLlamaForCausalLM(build_config(spec, **token_ids))
