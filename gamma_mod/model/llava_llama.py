@@ -189,7 +189,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             return
         if type(module).__module__.startswith("transformers.models.clip"):
-            self.model.vision_tower.vision_tower._init_weights(module)
+            self.model.vision_tower.vision_tower.vision_model._init_weights(module)
             return
         super()._init_weights(module)
 
