@@ -138,10 +138,15 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         past_valid = cached_key_validity(cache, self.layer_idx) if cache is not None else None
         mask, key_valid = self.attention_mask_for_selection(selection, ctx, past_valid, q.dtype)
+        if past_valid is None and bool(key_valid.all()):
+            # Plain causal attention over the kept tokens: let SDPA use its causal kernel, no mask tensor.
+            mask = None
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
             append_key_validity(cache, self.layer_idx, key_valid)
         interface: Callable = eager_attention_forward
+        if mask is None and attn.config._attn_implementation == "eager":
+            mask = torch.full((width, width), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
         if attn.config._attn_implementation != "eager":
             # flash-attention takes no arbitrary masks; MoD layers use SDPA there (dense layers keep flash).
             interface = ALL_ATTENTION_FUNCTIONS["sdpa"]
