@@ -8,25 +8,34 @@ from typing import Any
 from ..model.llava_llama import LlavaLlamaForCausalLM, build_decoder_layers
 from .config import ModConfig
 from .layer import MoDDecoderLayer
+from .strategies import prd_retention
 
 logger = logging.getLogger(__name__)
 
 
 def convert_to_mod(
     model: LlavaLlamaForCausalLM,
-    layers: list[int],
+    layers: list[int] | None = None,
     routing_ratio: float = 0.5,
     router_aux_loss_coef: float = 0.01,
     **mod_options: Any,
 ) -> LlavaLlamaForCausalLM:
     """Replace `model.model.layers[i]` for i in `layers` by MoD layers carrying the same weights.
 
-    `routing_ratio` is the fraction of routable tokens SKIPPED (official `capacity_factor`).
+    `routing_ratio` is the fraction of routable tokens SKIPPED (official `capacity_factor`); with
+    strategy="pmod" the per-layer ratios come from the PRD schedule instead, and `layers=None`
+    lets that schedule pick the MoD layers (no ARank pass needed).
     Every parameter of each replaced layer must land in its MoD twin (asserted); the only new
     parameter is the router. The config gains the `mod` section, so `save_pretrained` /
     `from_pretrained` rebuild the same model.
     """
     config = model.config
+    if layers is None:
+        if mod_options.get("strategy") != "pmod":
+            raise ValueError("convert_to_mod needs `layers` (e.g. from select_mod_layers on an ARank vector); "
+                             "only strategy='pmod' picks them itself (progressive ratio decay)")
+        probe = ModConfig(strategy="pmod", **{k: v for k, v in mod_options.items() if k.startswith("prd_")})
+        layers = [i for i in prd_retention(config.num_hidden_layers, probe.prd_dense_above, probe.prd_floor) if i != 0]
     if config.mod_config() is not None:
         raise ValueError(f"model already has MoD layers {config.mod_config().mod_layers_idx}; convert a dense model")
     mod = ModConfig(

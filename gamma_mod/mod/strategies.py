@@ -13,6 +13,7 @@ import torch
 
 from .config import ModConfig
 from .router import TokenRouter
+from .routing import routable_token_mask
 
 
 class RoutingStrategy:
@@ -27,6 +28,10 @@ class RoutingStrategy:
 
     def router_input(self, residual: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def routable_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int) -> torch.Tensor:
+        """(B, T) tokens that may skip a layer; all others are always processed."""
+        return routable_token_mask(input_ids, attention_mask, image_token_id)
 
     def selection_score(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, T, 2) -> (B, T) score used for top-k and thresholds."""
@@ -76,6 +81,10 @@ class PModStrategy(RoutingStrategy):
 
     def router_input(self, residual, normed):
         return residual
+
+    def routable_mask(self, input_ids, attention_mask, image_token_id):
+        routable = input_ids == image_token_id  # vision tokens only
+        return routable & attention_mask.bool() if attention_mask is not None else routable
 
     def selection_score(self, logits):
         return logits[..., 1] - logits[..., 0]

@@ -26,7 +26,6 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from ..mod.layer import ModForwardContext, MoDDecoderLayer
 from ..mod.router import TokenRouter
-from ..mod.routing import routable_token_mask
 from ..mod.strategies import build_strategy
 from .configuration import LlavaLlamaConfig, ModLlavaLlamaConfig
 from .projector import build_projector
@@ -148,7 +147,8 @@ class GammaLlamaModel(LlamaModel):
             step_mask = attention_mask[:, -length:] if attention_mask is not None and attention_mask.dim() == 2 else None
             if routable_mask is None:
                 if input_ids is not None and self.config.image_token_index is not None:
-                    routable_mask = routable_token_mask(input_ids, step_mask, self.config.image_token_index)
+                    strategy = self.layers[self.mod_layer_indices[0]].strategy
+                    routable_mask = strategy.routable_mask(input_ids, step_mask, self.config.image_token_index)
                 else:
                     routable_mask = torch.zeros(batch, length, dtype=torch.bool, device=inputs_embeds.device)
             decode = None
