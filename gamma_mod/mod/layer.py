@@ -44,6 +44,8 @@ class LayerRoutingStats:
     skipped: int
     # Routing loss of this layer (mean CE over routable tokens); None when nothing is routable.
     loss: torch.Tensor | None = None
+    # (B, T) which tokens went through the layer (for skip maps and speed reports).
+    keep: torch.Tensor | None = None
 
 
 @dataclass
@@ -175,7 +177,8 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         routable = ctx.routable
         loss = self.routing_loss(logits, selection.keep, routable) if torch.is_grad_enabled() else None
         ctx.stats[self.layer_idx] = LayerRoutingStats(
-            routable=int(routable.sum()), skipped=int((routable & ~selection.keep).sum()), loss=loss
+            routable=int(routable.sum()), skipped=int((routable & ~selection.keep).sum()), loss=loss,
+            keep=selection.keep.detach(),
         )
 
         idx = selection.index

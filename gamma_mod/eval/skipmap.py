@@ -1,0 +1,103 @@
+"""Routing visualisation (the paper's Fig. 4): which image patches each MoD layer skipped.
+
+`gamma-mod skipmap --model PATH --image IMG --question Q --out skip.png` draws the image once per
+MoD layer with skipped patches greyed out, titled with the layer's skip fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class SkipMap:
+    layers: list[int]
+    grids: list[torch.Tensor]  # per MoD layer, (side, side) bool: True = patch skipped
+    skip_fraction: list[float]  # per MoD layer, skipped image tokens / image tokens
+
+
+@torch.no_grad()
+def compute_skip_map(model, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> SkipMap:
+    """Run one prompt (batch 1) and read each MoD layer's keep decision at the image tokens."""
+    if input_ids.shape[0] != 1:
+        raise ValueError("compute_skip_map takes one prompt (batch 1)")
+    model.eval()
+    out = model.model(input_ids=input_ids, pixel_values=pixel_values)
+    ctx = out.mod_context
+    if ctx is None:
+        raise ValueError("the model has no MoD layers: nothing to map")
+    is_image = (input_ids[0] == model.config.image_token_index)
+    n = int(is_image.sum())
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} image tokens do not form a square patch grid (cls token selected?)")
+    layers, grids, fractions = [], [], []
+    for idx in sorted(ctx.stats):
+        skipped = ~ctx.stats[idx].keep[0][is_image]
+        layers.append(idx)
+        grids.append(skipped.view(side, side).cpu())
+        fractions.append(float(skipped.float().mean()))
+    return SkipMap(layers, grids, fractions)
+
+
+def draw_skip_map(image: Image.Image, skip_map: SkipMap, path: str, tile: int = 192) -> Image.Image:
+    """One tile per MoD layer: kept patches in colour, skipped patches dimmed grey; PIL only."""
+    from PIL import ImageDraw
+
+    cols = min(4, len(skip_map.layers))
+    rows = math.ceil(len(skip_map.layers) / cols)
+    header = 18
+    canvas = Image.new("RGB", (cols * tile, rows * (tile + header)), "white")
+    base = image.convert("RGB").resize((tile, tile), Image.Resampling.BICUBIC)
+    grey = base.convert("L").convert("RGB").point(lambda v: v // 3 + 150)
+    for k, (layer, grid, frac) in enumerate(zip(skip_map.layers, skip_map.grids, skip_map.skip_fraction)):
+        side = grid.shape[0]
+        cell = tile / side
+        panel = base.copy()
+        mask = Image.new("L", (tile, tile), 0)
+        draw_mask = ImageDraw.Draw(mask)
+        for r in range(side):
+            for c in range(side):
+                if grid[r, c]:
+                    draw_mask.rectangle([c * cell, r * cell, (c + 1) * cell - 1, (r + 1) * cell - 1], fill=255)
+        panel.paste(grey, (0, 0), mask)
+        x, y = (k % cols) * tile, (k // cols) * (tile + header)
+        canvas.paste(panel, (x, y + header))
+        ImageDraw.Draw(canvas).text((x + 4, y + 3), f"layer {layer}: {100 * frac:.0f}% skipped", fill="black")
+    canvas.save(path)
+    return canvas
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="MoD model folder (with its tokenizer)")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--template", default="vicuna_v1")
+    parser.add_argument("--out", default="skip.png")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForCausalLM
+
+    import gamma_mod  # noqa: F401
+    from ..data.preprocess import encode_prompt
+    from ..data.templates import get_template
+    from ..data.tokenizer import load_tokenizer
+    from ..model.vision import ImageProcessor
+
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
+    image = Image.open(args.image)
+    ids = encode_prompt(tokenizer, get_template(args.template), args.question, model.config.num_image_tokens)
+    pixels = ImageProcessor.from_model_config(model.config)(image).unsqueeze(0)
+    skip_map = compute_skip_map(model, torch.tensor([ids]), pixels)
+    draw_skip_map(image, skip_map, args.out)
+    for layer, frac in zip(skip_map.layers, skip_map.skip_fraction):
+        print(f"layer {layer:3d}: {100 * frac:5.1f}% of image patches skipped")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,178 @@
+"""Efficiency report: dense vs MoD on the same inputs, measured in one run.
+
+Per model: prefill throughput (samples/s), decode tokens/s, end-to-end generation time, KV-cache
+size after prefill, peak GPU memory (CUDA only), the measured skip rate of MoD layers, and analytic
+TFLOPs (paper convention, see `flops.py`) both nominal (configured ratio) and measured (from what
+the model really skipped). Timings use warm-up runs and CUDA synchronisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .flops import decoder_tflops
+
+
+@dataclass
+class SpeedInputs:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor | None
+
+
+@dataclass
+class SpeedRow:
+    name: str
+    prefill_samples_per_s: float
+    decode_tokens_per_s: float
+    generate_s: float
+    kv_cache_mb: float
+    peak_memory_mb: float | None
+    skip_rate: float  # skipped / routable tokens, mean over MoD layers (0 for dense)
+    tflops: float  # per sample, tokens actually processed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kv_cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def measured_tflops(model, inputs: SpeedInputs, stats: dict) -> float:
+    """Paper convention, per sample: dense layers see every real token, MoD layers what they kept."""
+    config = model.config
+    seq = float(inputs.attention_mask.sum(dim=1).float().mean())
+    batch = inputs.input_ids.shape[0]
+    skip = {i: (skipped / batch) / seq for i, (_, skipped) in stats.items()}
+    return decoder_tflops(int(round(seq)), config.hidden_size, config.intermediate_size,
+                          config.num_hidden_layers, sorted(skip), skip)
+
+
+@torch.no_grad()
+def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, repeats: int = 3, warmup: int = 1) -> SpeedRow:
+    device = next(model.parameters()).device
+    model.eval()
+    kwargs = dict(input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device))
+    if inputs.pixel_values is not None:
+        kwargs["pixel_values"] = inputs.pixel_values.to(device=device, dtype=model.dtype)
+    batch = inputs.input_ids.shape[0]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    prefill_s = _timed(lambda: model(**kwargs, use_cache=True), device, repeats, warmup)
+    out = model(**kwargs, use_cache=True)
+    stats = dict(model.last_routing_stats)
+    kv = kv_cache_bytes(out.cache)
+    del out
+
+    def generate():
+        model.generate(**kwargs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
+
+    generate_s = _timed(generate, device, repeats, warmup)
+    decode_s = max(generate_s - prefill_s, 1e-9)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    routable = sum(r for r, _ in stats.values())
+    skip_rate = sum(s for _, s in stats.values()) / routable if routable else 0.0
+    return SpeedRow(
+        name=name, prefill_samples_per_s=batch / prefill_s, decode_tokens_per_s=batch * max_new_tokens / decode_s,
+        generate_s=generate_s, kv_cache_mb=kv / 2**20, peak_memory_mb=peak, skip_rate=skip_rate,
+        tflops=measured_tflops(model, inputs, stats),
+    )
+
+
+def format_table(rows: Sequence[SpeedRow]) -> str:
+    base = rows[0]
+    lines = [
+        "| model | prefill samples/s | decode tok/s | generate s | KV cache MB | peak GPU MB | skipped (of routable) | TFLOPs/sample | prefill speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        peak = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "n/a (CPU)"
+        lines.append(
+            f"| {r.name} | {r.prefill_samples_per_s:.2f} | {r.decode_tokens_per_s:.1f} | {r.generate_s:.3f} | "
+            f"{r.kv_cache_mb:.2f} | {peak} | {100 * r.skip_rate:.1f}% | {r.tflops:.4g} | "
+            f"{r.prefill_samples_per_s / base.prefill_samples_per_s:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def speed_report(models: dict[str, torch.nn.Module], inputs: SpeedInputs, **kwargs) -> list[SpeedRow]:
+    """Measure every model on the same inputs in one run; the first model is the baseline."""
+    return [measure(name, model, inputs, **kwargs) for name, model in models.items()]
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dense", required=True, help="dense model folder (baseline)")
+    parser.add_argument("--mod", required=True, nargs="+", help="MoD model folder(s)")
+    parser.add_argument("--data", help="LLaVA-format JSON whose prompts are used (default: random prompts)")
+    parser.add_argument("--images", help="image folder for --data")
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--text-tokens", type=int, default=32, help="question tokens per random prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedInputs:
+    """[bos, image tokens, question tokens]: the LLaVA prompt shape, random content."""
+    g = torch.Generator().manual_seed(seed)
+    n_image = config.num_image_tokens
+    low = max(config.image_token_index or 0, 3) + 1
+    text = torch.randint(low, config.vocab_size, (batch, text_tokens), generator=g)
+    image = torch.full((batch, n_image), config.image_token_index)
+    ids = torch.cat([torch.full((batch, 1), config.bos_token_id or 1), image, text], dim=1)
+    size = config.vision_config["image_size"]
+    pixels = torch.randn(batch, 3, size, size, generator=g)
+    return SpeedInputs(ids, torch.ones_like(ids), pixels)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForCausalLM
+
+    import gamma_mod  # noqa: F401
+
+    dtype = getattr(torch, args.dtype)
+    models = {"dense": AutoModelForCausalLM.from_pretrained(args.dense, dtype=dtype).to(args.device)}
+    for path in args.mod:
+        models[f"MoD {path}"] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
+    config = models["dense"].config
+    if args.data:
+        from .prompts import prompts_from_dataset
+
+        inputs = prompts_from_dataset(args.dense, args.data, args.images, args.num_samples)
+    else:
+        inputs = random_inputs(config, args.num_samples, args.text_tokens)
+    rows = speed_report(models, inputs, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+    print(format_table(rows))
+    return 0
