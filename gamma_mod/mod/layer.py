@@ -104,11 +104,14 @@ class MoDDecoderLayer(LlamaDecoderLayer):
     # -- attention over the kept tokens ------------------------------------------------------
     def attention_mask_for_selection(
         self, selection: TokenSelection, ctx: ModForwardContext, past_valid: torch.Tensor | None, dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive mask (B, 1, K, S_past + K) and the validity (B, K) of the new keys."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Additive mask (B, 1, K, S_past + K), or None for plain causal, and the validity (B, K) of the new keys."""
         key_valid = selection.valid
         if ctx.attention_mask is not None:
             key_valid = key_valid & gather_tokens(ctx.attention_mask.bool(), selection.index)
+        if past_valid is None and bool(key_valid.all()):
+            # Plain causal attention over the kept tokens: SDPA's causal kernel, no mask tensor.
+            return None, key_valid
         width = selection.index.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=key_valid.device).tril()
         allowed = causal.unsqueeze(0) & key_valid.unsqueeze(1)  # (B, K, K)
@@ -140,9 +143,6 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         past_valid = cached_key_validity(cache, self.layer_idx) if cache is not None else None
         mask, key_valid = self.attention_mask_for_selection(selection, ctx, past_valid, q.dtype)
-        if past_valid is None and bool(key_valid.all()):
-            # Plain causal attention over the kept tokens: let SDPA use its causal kernel, no mask tensor.
-            mask = None
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
             append_key_validity(cache, self.layer_idx, key_valid)
