@@ -45,17 +45,22 @@ def layer_flops(tokens: int, d: int, d_ff: int, router: bool = False) -> float:
     return 8 * tokens * d * d + 4 * tokens * tokens * d + 6 * tokens * d * d_ff + (4 * tokens * d if router else 0)
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
+def paired_median(fn_a, fn_b, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median times of two functions measured ALTERNATELY, so drifting machine load hits both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def build_layers(shape: Shape, ratio: float, device, dtype, attn_implementation: str = "sdpa"):
@@ -93,10 +98,8 @@ def run(shape: Shape, ratios: list[float], repeats: int, device, dtype) -> list[
             return step
 
         with torch.no_grad():
-            t_dense_f = median_time(dense_fwd, repeats)
-            t_mod_f = median_time(mod_fwd, repeats)
-        t_dense_fb = median_time(with_backward(dense_fwd), repeats)
-        t_mod_fb = median_time(with_backward(mod_fwd), repeats)
+            t_dense_f, t_mod_f = paired_median(dense_fwd, mod_fwd, repeats)
+        t_dense_fb, t_mod_fb = paired_median(with_backward(dense_fwd), with_backward(mod_fwd), repeats)
         kept = shape.seq - int(shape.seq * ratio)
         ideal = layer_flops(kept, shape.hidden, shape.ffn, router=True) / layer_flops(shape.seq, shape.hidden, shape.ffn)
         rows.append(dict(shape=shape.name, seq=shape.seq, ratio=ratio, ideal=ideal,
@@ -109,19 +112,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "mid"], choices=sorted(SHAPES))
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.34, 0.5])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"# MoD layer vs dense layer, {name}, {args.dtype}, torch {torch.__version__}")
-    print("| shape | seq | skip ratio | FLOP-ideal MoD/dense | measured fwd | measured fwd+bwd | fwd / ideal | dense fwd ms | dense fwd+bwd ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| shape | seq | skip ratio | FLOP-ideal MoD/dense | measured fwd | measured fwd+bwd | fwd / ideal | fwd+bwd / ideal | dense fwd ms | dense fwd+bwd ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for cfg in args.configs:
         for r in run(SHAPES[cfg], args.ratios, args.repeats, device, dtype):
             print(f"| {r['shape']} | {r['seq']} | {r['ratio']:.2f} | {r['ideal']:.3f} | {r['fwd']:.3f} | {r['fwd_bwd']:.3f} "
-                  f"| {r['fwd'] / r['ideal']:.2f} | {r['dense_fwd_ms']:.1f} | {r['dense_fwd_bwd_ms']:.1f} |")
+                  f"| {r['fwd'] / r['ideal']:.2f} | {r['fwd_bwd'] / r['ideal']:.2f} | {r['dense_fwd_ms']:.1f} "
+                  f"| {r['dense_fwd_bwd_ms']:.1f} |")
 
 
 if __name__ == "__main__":
