@@ -1,0 +1,32 @@
+"""Move the <image> tag to the beginning of each record's first human turn.
+
+    python modify_data_config.py IN.json OUT.json
+"""
+
+import argparse
+import json
+import sys
+
+from gamma_mod.data.convert import move_image_to_front
+from gamma_mod.data.formats import DataError, read_records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
+    parser.add_argument("output", help="where to write the modified JSON")
+    args = parser.parse_args(argv)
+    try:
+        records = read_records(args.input)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    new_records, changed = move_image_to_front(records)
+    with open(args.output, "w") as f:
+        json.dump(new_records, f)
+    print(f"changed {changed} of {len(records)} records; wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
