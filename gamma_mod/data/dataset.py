@@ -115,6 +115,8 @@ class DataCollator:
             labels[b, :n] = x["labels"]
             attention_mask[b, :n] = 1
         out: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if all("sample_id" in x for x in items):
+            out["sample_ids"] = [x["sample_id"] for x in items]  # for error messages; the trainer pops it
         images = [x["pixel_values"] for x in items if "pixel_values" in x]
         if images:
             out["pixel_values"] = torch.stack(images)

@@ -1,0 +1,16 @@
+"""`gamma-mod train CONFIG.yaml key=value ...` (see gamma_mod/train/train.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .train import main
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="configs/train/*.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 output_dir=runs/x")
+
+
+def run(args: argparse.Namespace) -> int:
+    return main([args.config, *args.overrides])

@@ -1,0 +1,104 @@
+"""A thin `transformers.Trainer` subclass: MoD-aware logging, divergence and router-collapse guards,
+atomic checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from . import checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    pass
+
+
+class GammaTrainer(Trainer):
+    def __init__(self, *args, collapse_patience: int = 50, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.collapse_patience = collapse_patience
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+        self._collapse_streak: dict[int, int] = defaultdict(int)
+        self._collapse_warned: set[int] = set()
+        self._staging_dir: str | None = None
+
+    # -- loss, logging and guards ---------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        sample_ids = inputs.pop("sample_ids", None)
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            ids = f" (samples {', '.join(map(str, sample_ids))})" if sample_ids else ""
+            raise TrainingDivergedError(f"non-finite loss {loss.item()} at step {step}{ids}; stopping training")
+        if outputs.lm_loss is not None:
+            self._accumulate("lm_loss", outputs.lm_loss)
+        if outputs.routing_loss is not None:
+            self._accumulate("routing_loss", outputs.routing_loss)
+        self._track_routing(model)
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, name: str, value: torch.Tensor) -> None:
+        self._sums[name] += float(value.detach())
+        self._counts[name] += 1
+
+    def _track_routing(self, model) -> None:
+        stats = getattr(self.accelerator.unwrap_model(model), "last_routing_stats", None) or {}
+        if not self.model.training or not stats:
+            return
+        for layer, (routable, skipped) in stats.items():
+            if routable:
+                self._sums[f"skip/layer{layer}"] += skipped / routable
+                self._counts[f"skip/layer{layer}"] += 1
+            collapsed = routable > 0 and skipped in (0, routable)
+            self._collapse_streak[layer] = self._collapse_streak[layer] + 1 if collapsed else 0
+            if self._collapse_streak[layer] >= self.collapse_patience and layer not in self._collapse_warned:
+                self._collapse_warned.add(layer)
+                message = (f"router collapse in MoD layer {layer}: it kept all or none of its routable tokens "
+                           f"for {self._collapse_streak[layer]} consecutive steps")
+                warnings.warn(message, stacklevel=2)
+                logger.warning(message)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for name, total in self._sums.items():
+            if self._counts[name]:
+                logs[name] = round(total / self._counts[name], 6)
+        self._sums.clear()
+        self._counts.clear()
+        super().log(logs, *args, **kwargs)
+
+    # -- atomic checkpoints -------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_dir is not None:
+            return self._staging_dir
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = super()._get_output_dir(trial)
+        staging = checkpoint.staging_dir(run_dir)
+        if self.args.should_save and staging.exists():
+            import shutil
+
+            shutil.rmtree(staging)  # leftovers of a save that was killed
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        if self.args.should_save:
+            staged = staging / f"checkpoint-{self.state.global_step}"
+            final = checkpoint.publish(staged, run_dir)
+            checkpoint.rotate(run_dir, self.args.save_total_limit or 0)
+            logger.info("checkpoint written atomically: %s", final)
+        if self.args.world_size > 1:
+            torch.distributed.barrier()
+
+
