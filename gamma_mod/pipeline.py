@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="run folder (resumable)")
     parser.add_argument("--strategy", default="gamma", choices=["gamma", "pmod"])
     parser.add_argument("--routing-ratio", type=float, default=0.5, help="fraction of routable tokens skipped")
-    parser.add_argument("--k-dense", type=int, default=2,
-                        help="layers with the highest ARank kept dense (paper: 4 of 32; first/last are dense anyway)")
+    parser.add_argument("--k-dense", type=int, default=None,
+                        help="layers with the highest ARank kept dense (default: the paper's 4 of 32, scaled to the "
+                             "model's depth, at least 1); the first and last layers are dense anyway")
     parser.add_argument("--model", default="tiny", help="model spec under configs/model/")
     parser.add_argument("--stage1-config", default="stage1_tiny")
     parser.add_argument("--stage2-config", default="stage2_tiny")
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _done(folder: Path) -> bool:
+    """A training/convert output that finished (training writes complete.json last)."""
+    if (folder / "train_config.yaml").exists():
+        return (folder / "complete.json").exists()
     return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
 
 
@@ -77,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.strategy == "gamma":
         t = step("3/6 ARank of the stage-1 model and layer selection")
-        mod_layers = arank_and_select(stage1, data, out / "arank.json", args.arank_samples, args.k_dense)
+        n_layers = json.loads((stage1 / "config.json").read_text())["num_hidden_layers"]
+        k_dense = args.k_dense if args.k_dense is not None else max(1, round(4 * n_layers / 32))
+        mod_layers = arank_and_select(stage1, data, out / "arank.json", args.arank_samples, k_dense)
         timings["arank"] = time.perf_counter() - t
     else:
         step("3/6 p-MoD: progressive ratio decay picks the layers (no ARank pass)")
@@ -126,3 +132,103 @@ def format_report(rows: list[PipelineReport], chance: float) -> str:
         )
     lines.append(f"\nchance level (majority answer per question type): {100 * chance:.1f}%")
     return "\n".join(lines)
+
+
+# -- steps ------------------------------------------------------------------------------------------
+def train_stage(config_name: str, out: Path, data, stage: str, model: str | None = None, init: Path | None = None,
+                seed: int = 0) -> None:
+    from .config import load_config
+    from .model.builder import CONFIG_DIR
+    from .train.args import TrainConfig
+    from .train.train import run_training
+
+    overrides = [f"output_dir={out}", f"stage={stage}", f"optim.seed={seed}", f"data.image_folder={data.images}",
+                 f"data.train_json={data.stage1 if stage == 'pretrain' else data.stage2_train}"]
+    if init is not None:
+        overrides += [f"model.init={init}", f"model.tokenizer={init}"]
+    else:
+        overrides += ["model.init=null", f"model.tokenizer={data.tokenizer}"]
+        if model:
+            overrides.append(f"model.spec={model}")
+    path = Path(config_name)
+    if not path.exists():
+        path = CONFIG_DIR / "train" / f"{config_name}.yaml"
+    run_training(load_config(TrainConfig, path, overrides))
+
+
+def _loader(model_dir: Path, json_path: Path, images: Path, batch_size: int):
+    from .arank.cli import load_batches
+
+    return load_batches(str(model_dir), str(json_path), str(images), "vicuna_v1", 4096, batch_size)
+
+
+def arank_and_select(stage1: Path, data, out_json: Path, num_samples: int, k_dense: int) -> list[int]:
+    from .arank.analyze import ARankResult, compute_arank, plot_arank
+    from .arank.select import select_mod_layers
+
+    if out_json.exists():
+        result = ARankResult.load_json(out_json)
+    else:
+        model, loader = _loader(stage1, data.stage2_train, data.images, 8)
+        result = compute_arank(model, loader, num_samples)
+        result.save_json(out_json)
+    layers = select_mod_layers(result.mean, k_dense=k_dense)
+    try:
+        plot_arank(result, out_json.with_suffix(".png"), layers)
+    except ImportError as e:
+        logger.info("no ARank plot: %s", e)
+    logger.info("ARank per layer: %s -> MoD layers %s", [round(v, 1) for v in result.mean], layers)
+    return layers
+
+
+def convert_folder(source: Path, out: Path, layers: list[int] | None, ratio: float, strategy: str) -> None:
+    from .model import LlavaLlamaForCausalLM
+    from .mod.convert import convert_to_mod
+
+    model = LlavaLlamaForCausalLM.from_pretrained(source)
+    convert_to_mod(model, layers, routing_ratio=ratio, strategy=strategy)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy2(source / name, out / name)
+
+
+def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples: int, strategy: str) -> list[PipelineReport]:
+    from .data.preprocess import encode_prompt
+    from .data.templates import get_template
+    from .data.tokenizer import load_tokenizer
+    from .eval.answer import generate_answers
+    from .eval.scorers import synthetic
+    from .eval.speed import SpeedInputs, measure
+    from .eval.answer import left_pad
+    from .model import LlavaLlamaForCausalLM
+    from .model.vision import ImageProcessor
+    from PIL import Image
+
+    template = get_template("vicuna_v1")
+    questions = synthetic.read_questions(data.stage2_test, data.images)[:eval_samples]
+    rows = []
+    for name, folder in (("dense", dense_dir), (f"MoD ({strategy})", mod_dir)):
+        model = LlavaLlamaForCausalLM.from_pretrained(folder).eval()
+        tokenizer = load_tokenizer(str(folder))
+        processor = ImageProcessor.from_model_config(model.config)
+
+        def encode(q):
+            with Image.open(q.image) as img:
+                pixels = processor(img)
+            return encode_prompt(tokenizer, template, q.text, model.config.num_image_tokens), pixels
+
+        answers = out / "eval" / f"{folder.name}.jsonl"
+        answers.unlink(missing_ok=True)
+        generate_answers(model, questions, encode, tokenizer, answers, batch_size=16, max_new_tokens=3)
+        metrics = synthetic.score(answers, data.stage2_test)
+        batch = [encode(q) for q in questions[:16]]
+        ids, mask = left_pad([b[0] for b in batch], tokenizer.pad_token_id)
+        speed = measure(name, model, SpeedInputs(ids, mask, torch.stack([b[1] for b in batch])),
+                        max_new_tokens=2, repeats=7, warmup=2)
+        mod = model.config.mod_config()
+        rows.append(PipelineReport(name=name, accuracy=metrics["accuracy"],
+                                   prefill_samples_per_s=speed.prefill_samples_per_s,
+                                   skipped_fraction=speed.skip_rate, mod_layers=mod.mod_layers_idx if mod else []))
+        logger.info("%s: %s", name, metrics)
+    return rows
