@@ -1,81 +1,108 @@
 """The one answer-generation loop every benchmark goes through.
 
 Batched greedy `generate()` with a KV cache and LEFT padding (the model derives positions from the
-2D mask), a progress bar, and resumable output: each answer is appended and flushed to a JSONL
-file, and question ids already there are skipped on restart.
+2D mask, so a padded row generates what it would alone), a progress bar, and resumable output:
+each batch's answers are appended and flushed to a JSONL file, and question ids already there are
+skipped on restart. Only the new tokens are decoded.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-
-@dataclass
-class Question:
-    question_id: str
-    text: str
-    image: str | None = None  # path
-    extra: dict[str, Any] = field(default_factory=dict)
-
+from .questions import Question
 
 # question -> (prompt input_ids, pixel_values (3, S, S) or None)
 Encoder = Callable[[Question], tuple[list[int], torch.Tensor | None]]
 
+__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "generate_answers", "left_pad"]
+
 
 def answered_ids(path: Path) -> set[str]:
+    """Ids already answered in `path`. A line cut by a kill mid-write is dropped from the file so the
+    next append starts on a fresh line (that question is answered again)."""
     if not path.exists():
         return set()
-    done = set()
+    kept, done, dropped = [], set(), False
     for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                done.add(str(json.loads(line)["question_id"]))
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill mid-write: that question is answered again
+        if not line.strip():
+            continue
+        try:
+            done.add(str(json.loads(line)["question_id"]))
+            kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            dropped = True
+    if dropped or (kept and not path.read_text().endswith("\n")):
+        path.write_text("".join(k + "\n" for k in kept))
     return done
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and attention mask, real tokens right-aligned so every row's next token is at -1."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         mask[row, width - len(prompt):] = 1
     return ids, mask
 
 
+def answer_line(question: Question, text: str) -> dict[str, Any]:
+    """The JSONL record: public extras first so they can never overwrite id, prompt or text."""
+    extra = {k: v for k, v in question.extra.items() if not k.startswith("_")}
+    return {**extra, "question_id": question.question_id, "prompt": question.text, "text": text}
+
+
 @torch.no_grad()
 def generate_answers(model, questions: Iterable[Question], encode: Encoder, tokenizer, out_jsonl: str | Path,
-                     batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True) -> Path:
+                     batch_size: int = 8, max_new_tokens: int = 128, progress: bool = True,
+                     **generate_kwargs: Any) -> Path:
+    """Answer every question not yet in `out_jsonl`; returns its path. `generate_kwargs` go to
+    `model.generate` (e.g. `mod_decode_start`)."""
     out = Path(out_jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
+    questions = list(questions)
+    ids_seen = [str(q.question_id) for q in questions]
+    if len(set(ids_seen)) != len(ids_seen):
+        # Resume keys on the id: a duplicate would be silently skipped.
+        raise ValueError(f"question ids must be unique; {len(ids_seen) - len(set(ids_seen))} duplicates")
     done = answered_ids(out)
     todo = [q for q in questions if str(q.question_id) not in done]
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    with out.open("a") as sink, tqdm(total=len(todo), desc="answering", unit="q", disable=not progress) as bar:
+    # A generated image token would be read as an image slot on the next step (no features for it):
+    # an under-trained model can emit one, so it is never sampled.
+    image_token = getattr(model.config, "image_token_index", None)
+    gen_options = {"suppress_tokens": [image_token]} if image_token is not None and image_token >= 0 else {}
+    gen_options.update(generate_kwargs)
+    with out.open("a") as sink, tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering",
+                                     unit="q", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             encoded = [encode(q) for q in chunk]
-            ids, mask = left_pad([e[0] for e in encoded], pad_id)
-            images = [e[1] for e in encoded if e[1] is not None]
+            ids, mask = left_pad([e[0] for e in encoded], pad_id)  # (B, T)
             kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
+            # Image features fill the image tokens row by row, so the images of the rows that have
+            # one are stacked in row order; text-only rows contribute none.
+            images = [e[1] for e in encoded if e[1] is not None]
             if images:
                 kwargs["pixel_values"] = torch.stack(images).to(device=device, dtype=model.dtype)
-            generated = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-            for q, row in zip(chunk, generated[:, ids.shape[1]:]):
+            generated = model.generate(**kwargs, **gen_options, max_new_tokens=max_new_tokens, do_sample=False,
+                                       use_cache=True, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+            for q, row in zip(chunk, generated[:, ids.shape[1]:].tolist()):  # new tokens only
+                if tokenizer.eos_token_id in row:
+                    # Rows that finished early are padded to the batch's longest answer: cut at EOS.
+                    row = row[:row.index(tokenizer.eos_token_id)]
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
-                sink.write(json.dumps({"question_id": q.question_id, "prompt": q.text, "text": text, **q.extra}) + "\n")
+                sink.write(json.dumps(answer_line(q, text)) + "\n")
             sink.flush()
             bar.update(len(chunk))
     return out
