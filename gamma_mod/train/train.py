@@ -50,7 +50,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         bf16=o.bf16,
-        gradient_checkpointing=o.gradient_checkpointing,
+        activation_checkpointing=o.gradient_checkpointing,
         seed=o.seed,
         data_seed=o.seed,
         logging_steps=cfg.logging_steps,
