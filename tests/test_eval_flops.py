@@ -25,3 +25,19 @@ def test_from_config_uses_configured_ratio():
     d, f = config.hidden_size, config.intermediate_size
     expected = (2 * layer_flops(100, d, f) + 2 * layer_flops(50, d, f)) / 1e12
     assert tflops_from_config(config, 100) == pytest.approx(expected)
+
+
+def test_layer_count_and_per_layer_skips_match_explicit_indices():
+    # Only token counts matter: 28 MoD layers given as a count == given as indices 3..30.
+    explicit = decoder_tflops(1400, 4096, 11008, 32, list(range(3, 31)), 0.5)
+    assert decoder_tflops(1400, 4096, 11008, 32, 28, 0.5) == pytest.approx(explicit)
+    # Per-layer skips: T=10, d=2, d_ff=3; layer 0 dense (1480), layer 1 skips 0.5 (540),
+    # layer 2 skips 0.8 -> T=int(10·0.2)=2: 8·2·4 + 4·4·2 + 6·2·2·3 = 64 + 32 + 72 = 168.
+    assert decoder_tflops(10, 2, 3, 3, [1, 2], {1: 0.5, 2: 0.8}) * 1e12 == pytest.approx(1480 + 540 + 168)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="outside"):
+        decoder_tflops(10, 2, 3, 2, [2], 0.5)
+    with pytest.raises(ValueError, match="skip"):
+        decoder_tflops(10, 2, 3, 2, [1], 1.5)
