@@ -101,3 +101,31 @@ def test_duplicate_ids_are_an_error(model, tmp_path):
     with pytest.raises(ValueError, match="unique"):
         generate_answers(model, [Question("x", "a"), Question("x", "b")], encode, StubTokenizer(),
                          tmp_path / "d.jsonl", progress=False)
+
+
+def test_cli_answers_and_scores_synthetic_end_to_end(tmp_path, capsys):
+    """`gamma-mod eval` on a saved tiny model + the synthetic split: answers, metrics, resume."""
+    from gamma_mod.cli import main
+    from gamma_mod.data.synthetic import write_synthetic_dataset
+    from gamma_mod.data.tokenizer import load_tokenizer, model_token_ids
+    from gamma_mod.model import LlavaLlamaConfig, LlavaLlamaForCausalLM
+
+    data = write_synthetic_dataset(tmp_path / "data", n_captions=1, n_vqa_train=1, n_vqa_test=2, image_size=16)
+    tokenizer = load_tokenizer(str(data.tokenizer))
+    torch.manual_seed(0)
+    config = LlavaLlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=8), **model_token_ids(tokenizer))
+    model_dir = tmp_path / "model"
+    LlavaLlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = ["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--data", str(data.root),
+            "--out", str(tmp_path / "out"), "--batch-size", "4", "--max-new-tokens", "2"]
+    assert main(args) == 0
+    rows = read(tmp_path / "out" / "answers.jsonl")
+    assert len(rows) == 6  # 2 images x 3 questions
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["answered"] == 6 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert main(args) == 0  # rerun: everything already answered, only scored again
+    assert len(read(tmp_path / "out" / "answers.jsonl")) == 6

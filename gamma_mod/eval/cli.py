@@ -1,0 +1,96 @@
+"""`gamma-mod eval`: answer one benchmark with a local model folder, then score it.
+
+    gamma-mod eval --model PATH --benchmark NAME --data DIR [--out DIR]
+
+`--data` is the benchmark's folder in LLaVA-v1.5's `playground/data/eval/<benchmark>` layout (the
+bundled synthetic dataset's folder for `synthetic`). Answers go to `<out>/answers.jsonl` (resumable:
+rerun the same command after an interruption), metrics or the submission file beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+from pathlib import Path
+
+from .scorers import SCORERS, get_benchmark
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="local model folder (config, weights, tokenizer)")
+    parser.add_argument("--benchmark", required=True, choices=sorted(SCORERS))
+    parser.add_argument("--data", required=True, help="the benchmark's data folder")
+    parser.add_argument("--out", default=None, help="default: <model>/eval/<benchmark>")
+    parser.add_argument("--template", default="vicuna_v1", help="conversation template (LLaVA-v1.5: vicuna_v1)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's")
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions (smoke runs)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--score-only", action="store_true", help="score an existing answers.jsonl, generate nothing")
+
+
+def load_image(question):
+    """The question's image as RGB PIL: a file, or MMBench's base64 column (kept out of the answers)."""
+    from PIL import Image
+
+    if "_image_base64" in question.extra:
+        return Image.open(io.BytesIO(base64.b64decode(question.extra["_image_base64"]))).convert("RGB")
+    if question.image is None:
+        return None
+    with Image.open(question.image) as img:
+        return img.convert("RGB")
+
+
+def build_encoder(tokenizer, config, template_name: str):
+    from ..data.preprocess import encode_prompt
+    from ..data.templates import get_template
+    from ..model.vision.image_processing import ImageProcessor
+
+    template = get_template(template_name)
+    processor = ImageProcessor.from_model_config(config) if config.vision_config else None
+    num_image_tokens = config.num_image_tokens
+
+    def encode(question):
+        image = load_image(question) if processor is not None else None
+        text = question.text if image is not None else question.text.replace("<image>", "").strip()
+        pixels = processor(image) if image is not None else None
+        return encode_prompt(tokenizer, template, text, num_image_tokens), pixels
+
+    return encode
+
+
+def run(args: argparse.Namespace) -> int:
+    benchmark = get_benchmark(args.benchmark)
+    data = Path(args.data)
+    out = Path(args.out) if args.out else Path(args.model) / "eval" / benchmark.name
+    out.mkdir(parents=True, exist_ok=True)
+    answers = out / "answers.jsonl"
+    if not args.score_only:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        import gamma_mod  # noqa: F401  registers our model types with the Auto classes
+        from ..data.tokenizer import load_tokenizer
+        from .answer import generate_answers
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+        tokenizer = load_tokenizer(args.model)
+        questions = benchmark.read_questions(data)
+        if args.limit is not None:
+            questions = questions[:args.limit]
+        logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
+        generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
+                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or benchmark.max_new_tokens)
+    metrics = benchmark.evaluate(answers, data, out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))
+    return 0
