@@ -28,18 +28,22 @@ def encode(q: Question):
     return [1] + [IMAGE_TOKEN] * NUM_IMAGE_TOKENS + text_ids, pixels
 
 
-@pytest.fixture(scope="module")
-def model():
+def build_model(**overrides):
     from gamma_mod.model import LlavaLlamaConfig, LlavaLlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlavaLlamaConfig(
+    config = LlavaLlamaConfig(**{**dict(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=16, patch_size=8),
         image_token_index=IMAGE_TOKEN, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
+    ), **overrides})
     return LlavaLlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model()
 
 
 QUESTIONS = [
@@ -73,6 +77,15 @@ def test_jsonl_format_and_batch_equals_single(model, tmp_path):
     assert all(r["text"] and set(r["text"].split()) <= {f"w{i}" for i in range(3, 64)} for r in rows)
     # Greedy + left padding with the mask: padding must not change any answer.
     assert [r["text"] for r in rows] == [r["text"] for r in read(single)]
+
+
+@pytest.mark.parametrize("decode", ["dense", "threshold"])
+def test_mod_model_batch_equals_single(tmp_path, decode):
+    # Top-k prefill routes each row's own image tokens, so left padding must not change answers either.
+    mod_model = build_model(num_hidden_layers=3, mod=dict(mod_layers_idx=[1], capacity_factor=0.5, decode=decode))
+    answers = [read(generate_answers(mod_model, QUESTIONS, encode, StubTokenizer(), tmp_path / f"{b}.jsonl",
+                                     batch_size=b, max_new_tokens=4, progress=False)) for b in (4, 1)]
+    assert [r["text"] for r in answers[0]] == [r["text"] for r in answers[1]]
 
 
 def test_resume_skips_answered_and_repairs_a_cut_line(model, tmp_path):
