@@ -9,6 +9,7 @@ inside the model (no LLaVA-style re-padding).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -222,7 +223,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 f"using {keys[0]} for every MoD layer", stacklevel=2,
             )
         router = self.model.layers[self.model.mod_layer_indices[0]].router
-        with torch.no_grad():
+        with gathered_for_write(router.weight), torch.no_grad():
             router.weight.copy_(first.to(router.weight.dtype))
 
     # -- forward ------------------------------------------------------------------------------
@@ -292,6 +293,15 @@ class ModLlavaLlamaForCausalLM(LlavaLlamaForCausalLM):
     """Entry for configs with the official `model_type: mod_llava_llama`."""
 
     config_class = ModLlavaLlamaConfig
+
+
+def gathered_for_write(param: torch.nn.Parameter):
+    """Under DeepSpeed ZeRO-3 a parameter is partitioned (shape 0) until gathered; write on rank 0."""
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
+    return contextlib.nullcontext()
 
 
 def read_router_weights(folder: str) -> dict[str, torch.Tensor]:

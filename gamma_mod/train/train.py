@@ -104,8 +104,12 @@ def set_trainable(model, stage: str) -> None:
         p.requires_grad_(False)
     for p in model.model.mm_projector.parameters():
         p.requires_grad_(True)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # ZeRO-3 partitions hold 0 local elements; ds_numel is the full size.
+    def size(p):
+        return getattr(p, "ds_numel", p.numel())
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = max(1, sum(size(p) for p in model.parameters()))
     logger.info("stage %s: %d of %d parameters trainable (%.1f%%)", stage, trainable, total, 100 * trainable / total)
 
 
@@ -138,6 +142,12 @@ def run_training(cfg: TrainConfig) -> Path:
 
     out = Path(cfg.output_dir)
     args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
+    if cfg.deepspeed:
+        import deepspeed
+
+        # ZeRO-3 partitions weights while from_pretrained builds the model; DeepSpeed's own process
+        # group must exist by then (the Trainer would only create it later). gloo on CPU.
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     set_seed(cfg.optim.seed)
     if args.process_index == 0:
         out.mkdir(parents=True, exist_ok=True)
