@@ -81,7 +81,8 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
     # A generated image token would be read as an image slot on the next step (no features for it):
     # an under-trained model can emit one, so it is never sampled.
     image_token = getattr(model.config, "image_token_index", None)
-    gen_options = {"suppress_tokens": [image_token]} if image_token is not None and image_token >= 0 else {}
+    in_vocab = image_token is not None and 0 <= image_token < model.config.vocab_size  # LLaVA's -200 is not
+    gen_options: dict[str, Any] = {"suppress_tokens": [image_token]} if in_vocab else {}
     gen_options.update(generate_kwargs)
     with out.open("a") as sink, tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering",
                                      unit="q", disable=not progress) as bar:
