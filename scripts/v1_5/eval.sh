@@ -4,12 +4,14 @@
 #   bash scripts/v1_5/eval.sh [MODEL_DIR] [EVAL_DIR]
 set -euo pipefail
 
-MODEL=${1:-${MODEL:-checkpoints/gamma-mod-llava-hr-7b}}
-EVAL_DIR=${2:-${EVAL_DIR:-playground/data/eval}}
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+MODEL=${1:-${MODEL:-$ROOT/runs/quickstart/stage2_gamma}}   # default: the quickstart's MoD model
+EVAL_DIR=${2:-${EVAL_DIR:-$ROOT/playground/data/eval}}
+SYNTHETIC_DIR=${SYNTHETIC_DIR:-$ROOT/runs/quickstart/data}  # the embedded default's held-out split
 OUT=${OUT:-$MODEL/eval}
 BATCH_SIZE=${BATCH_SIZE:-8}
 TEMPLATE=${TEMPLATE:-vicuna_v1}
-GAMMA_MOD=${GAMMA_MOD:-gamma-mod}
+GAMMA_MOD=${GAMMA_MOD:-$ROOT/.venv/bin/gamma-mod}
 
 # benchmark name -> folder under $EVAL_DIR
 declare -A FOLDERS=(
@@ -26,3 +28,8 @@ for bench in vqav2 gqa vizwiz scienceqa textvqa pope mme mmbench seed_bench mm-v
   "$GAMMA_MOD" eval --model "$MODEL" --benchmark "$bench" --data "$data" --out "$OUT/$bench" \
     --batch-size "$BATCH_SIZE" --template "$TEMPLATE"
 done
+
+if [[ -f "$SYNTHETIC_DIR/stage2_test.json" ]]; then
+  "$GAMMA_MOD" eval --model "$MODEL" --benchmark synthetic --data "$SYNTHETIC_DIR" --out "$OUT/synthetic" \
+    --batch-size "$BATCH_SIZE" --template "$TEMPLATE" --max-new-tokens 4
+fi

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Stage 1 (projector alignment). Defaults: the tiny embedded recipe on the synthetic data.
+#   bash scripts/v1_5/pretrain.sh                                  # tiny, single process
+#   CONFIG=configs/train/llava_hr_7b_stage1.yaml NPROC=8 bash scripts/v1_5/pretrain.sh
+# Extra arguments are config overrides (key.path=value).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CONFIG="${CONFIG:-$ROOT/configs/train/stage1_tiny.yaml}"
+DATA_DIR="${DATA_DIR:-$ROOT/runs/quickstart/data}"     # synthetic data (made if missing)
+OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/runs/quickstart/stage1}"
+NPROC="${NPROC:-1}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+HOSTFILE="${HOSTFILE:-}"                                # multi-node: a DeepSpeed hostfile
+
+if [[ "$CONFIG" == *tiny* && ! -f "$DATA_DIR/stage1.json" ]]; then
+  "$PYTHON" -m gamma_mod.cli synth --out "$DATA_DIR"
+fi
+OVERRIDES=("output_dir=$OUTPUT_DIR")
+if [[ "$CONFIG" == *tiny* ]]; then
+  OVERRIDES+=("model.tokenizer=$DATA_DIR/tokenizer" "data.train_json=$DATA_DIR/stage1.json" "data.image_folder=$DATA_DIR/images")
+fi
+if [ -n "$HOSTFILE" ]; then
+  exec deepspeed --hostfile "$HOSTFILE" "$ROOT/gamma_mod/train/train.py" "$CONFIG" "${OVERRIDES[@]}" "$@"
+elif [ "$NPROC" -gt 1 ]; then
+  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" -m gamma_mod.train.train "$CONFIG" "${OVERRIDES[@]}" "$@"
+else
+  exec "$PYTHON" -m gamma_mod.train.train "$CONFIG" "${OVERRIDES[@]}" "$@"
+fi
