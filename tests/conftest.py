@@ -7,6 +7,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# A model small enough for multi-step training tests (configs/model-style spec dict).
+MICRO_SPEC = {
+    "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                 max_position_embeddings=256),
+    "vision": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=32, patch_size=8),
+}
+
 IMAGE_TOKEN = 5
 NUM_IMAGE_TOKENS = 16  # (32 / 8) ** 2
 

@@ -17,14 +17,10 @@ import yaml
 
 from gamma_mod.data.synthetic import write_synthetic_dataset
 
+from conftest import MICRO_SPEC
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-MICRO_SPEC = {
-    "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                 max_position_embeddings=256),
-    "vision": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   image_size=32, patch_size=8),
-}
 
 
 @pytest.fixture(scope="module")

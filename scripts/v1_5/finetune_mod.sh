@@ -23,10 +23,5 @@ OVERRIDES=("output_dir=$OUTPUT_DIR" "model.init=$MOD_MODEL" "model.tokenizer=$MO
 if [[ "$CONFIG" == *tiny* ]]; then
   OVERRIDES+=("data.train_json=$DATA_DIR/stage2_train.json" "data.image_folder=$DATA_DIR/images")
 fi
-if [ -n "$HOSTFILE" ]; then
-  exec deepspeed --hostfile "$HOSTFILE" "$ROOT/gamma_mod/train/train.py" "$CONFIG" "${OVERRIDES[@]}" "$@"
-elif [ "$NPROC" -gt 1 ]; then
-  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" -m gamma_mod.train.train "$CONFIG" "${OVERRIDES[@]}" "$@"
-else
-  exec "$PYTHON" -m gamma_mod.train.train "$CONFIG" "${OVERRIDES[@]}" "$@"
-fi
+source "$ROOT/scripts/v1_5/_launch.sh"
+launch_training "$@"
