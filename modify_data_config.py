@@ -1,6 +1,9 @@
 """Move the <image> tag to the beginning of each record's first human turn.
 
     python modify_data_config.py IN.json OUT.json
+
+γ-MoD's data step: with the image right after the system prompt, the routable prefix (system
+prompt + image tokens) is contiguous. A thin wrapper over gamma_mod.data.convert.move_image_to_front.
 """
 
 import argparse
@@ -23,7 +26,7 @@ def main(argv=None) -> int:
         return 2
     new_records, changed = move_image_to_front(records)
     with open(args.output, "w") as f:
-        json.dump(new_records, f)
+        json.dump(new_records, f, ensure_ascii=False)
     print(f"changed {changed} of {len(records)} records; wrote {args.output}")
     return 0
 

@@ -17,16 +17,19 @@ from .preprocess import IGNORE_INDEX, TokenizedSample, tokenize_record
 from .templates import ConversationTemplate
 
 logger = logging.getLogger(__name__)
+BAD_RECORD_MODES = ("error", "skip")
 
 
-def open_image(path: Path, rid: str) -> Image.Image:
+def open_image(path: Path, rid: str | None = None) -> Image.Image:
+    """The image as RGB, fully decoded (a truncated file fails here, not in the collator)."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"record {rid}: image file {path} not found", "missing image") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"record {rid}: image file {path} is corrupt or not an image ({e})", "corrupt image") from None
+        raise DataError(f"image file {path} not found", "missing image", record_id=rid) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"image file {path} is corrupt or not an image ({e})", "corrupt image",
+                        record_id=rid) from None
 
 
 @dataclass
@@ -40,42 +43,48 @@ class SupervisedDataset(Dataset):
     """Validated and tokenized up front, so a bad record fails (or is counted) before training starts.
 
     on_bad_record: "error" raises the first DataError (it names the file and record id); "skip"
-    drops bad records and logs how many, per reason (also in `.skipped`).
+    drops bad records, logs how many per reason and keeps the counts in `.skipped`.
+    Items: input_ids, labels (1-D long tensors), sample_id, and pixel_values (3, S, S) when the
+    record has an image.
     """
 
     def __init__(self, json_path: str | Path, image_folder: str | Path | None, tokenizer,
                  image_processor, template: ConversationTemplate, num_image_tokens: int, max_length: int,
                  on_bad_record: str = "error") -> None:
-        if on_bad_record not in ("error", "skip"):
-            raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+        if on_bad_record not in BAD_RECORD_MODES:
+            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_MODES}, got {on_bad_record!r}")
+        self.json_path = Path(json_path)
         self.image_processor = image_processor
         self.image_folder = Path(image_folder) if image_folder else None
-        self.skipped: Counter[str] = Counter()
+        self.skipped: dict[str, int] = {}
         self.entries: list[_Entry] = []
         records = read_records(json_path)
+        counts: Counter[str] = Counter()
         for index, record in enumerate(records):
             try:
-                self.entries.append(self._prepare(record, index, str(json_path), tokenizer, template,
-                                                  num_image_tokens, max_length))
+                self.entries.append(self._prepare(record, index, tokenizer, template, num_image_tokens, max_length))
             except DataError as error:
+                error = error.located(self.json_path, record_id(record, index))
                 if on_bad_record == "error":
-                    raise DataError(f"{json_path}: {error}", error.reason) from None
-                self.skipped[error.reason] += 1
-        if self.skipped:
-            detail = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
-            logger.warning("%s: skipped %d of %d records: %s", json_path, sum(self.skipped.values()), len(records), detail)
+                    raise error from None
+                counts[error.reason] += 1
+                logger.debug("skipping: %s", error)
+        self.skipped = dict(counts.most_common())
+        if counts:
+            detail = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+            logger.warning("%s: skipped %d of %d records: %s", json_path, counts.total(), len(records), detail)
         logger.info("%s: %d records ready", json_path, len(self.entries))
 
-    def _prepare(self, record: Any, index: int, source: str, tokenizer, template, num_image_tokens, max_length) -> _Entry:
-        validate_record(record, index, source)
+    def _prepare(self, record: Any, index: int, tokenizer, template, num_image_tokens, max_length) -> _Entry:
+        validate_record(record, index, self.json_path)
         rid = record_id(record, index)
         image = None
         if record.get("image"):
             if self.image_folder is None:
-                raise DataError(f"record {rid}: has an image but no image folder was given", "missing image")
+                raise DataError("has an image but no image folder was given", "missing image")
             image = self.image_folder / record["image"]
             open_image(image, rid)  # fail now, not mid-epoch
-        sample = tokenize_record(record, tokenizer, template, num_image_tokens if image else 0, max_length)
+        sample = tokenize_record(record, tokenizer, template, num_image_tokens, max_length)
         return _Entry(rid, sample, image)
 
     def __len__(self) -> int:
@@ -83,23 +92,36 @@ class SupervisedDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
+        """Token count per sample (image tokens included), for group-by-length sampling."""
         return [len(e.sample.input_ids) for e in self.entries]
+
+    length = lengths  # the name the brief / some callers use
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """LLaVA's convention: positive for samples with an image, negative for text-only ones."""
+        return [n if e.image is not None else -n for n, e in zip(self.lengths, self.entries)]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         entry = self.entries[i]
         item: dict[str, Any] = {
-            "input_ids": torch.tensor(entry.sample.input_ids),
-            "labels": torch.tensor(entry.sample.labels),
+            "input_ids": torch.tensor(entry.sample.input_ids, dtype=torch.long),
+            "labels": torch.tensor(entry.sample.labels, dtype=torch.long),
             "sample_id": entry.id,
         }
         if entry.image is not None:
-            item["pixel_values"] = self.image_processor(open_image(entry.image, entry.id))
+            try:
+                image = open_image(entry.image, entry.id)
+            except DataError as error:  # the file changed since __init__ checked it
+                raise error.located(self.json_path) from None
+            item["pixel_values"] = self.image_processor(image)
         return item
 
 
 @dataclass
 class DataCollator:
-    """Right-pads a batch (labels with -100) and stacks the images of the samples that have one."""
+    """Right-pads a batch (input_ids with pad, labels with -100, attention_mask 0) and stacks the
+    images of the samples that have one, in batch order: the model fills image tokens in that order."""
 
     pad_token_id: int
 
@@ -111,13 +133,13 @@ class DataCollator:
         attention_mask = torch.zeros(batch, width, dtype=torch.long)
         for b, x in enumerate(items):
             n = len(x["input_ids"])
-            input_ids[b, :n] = x["input_ids"]
-            labels[b, :n] = x["labels"]
+            input_ids[b, :n] = torch.as_tensor(x["input_ids"])
+            labels[b, :n] = torch.as_tensor(x["labels"])
             attention_mask[b, :n] = 1
         out: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         if all("sample_id" in x for x in items):
             out["sample_ids"] = [x["sample_id"] for x in items]  # for error messages; the trainer pops it
         images = [x["pixel_values"] for x in items if "pixel_values" in x]
         if images:
-            out["pixel_values"] = torch.stack(images)
+            out["pixel_values"] = torch.stack(images)  # (N_images, 3, S, S)
         return out

@@ -1,4 +1,8 @@
-"""LLaVA conversation JSON: `[{id, image?, conversations: [{from: human|gpt, value}]}]`."""
+"""LLaVA conversation JSON: `[{id, image?, conversations: [{from: human|gpt, value}]}]`.
+
+The format of llava_v1_5_mix665k.json and blip_laion_cc_sbu_558k.json. Validation is structural
+only (roles, image tag vs image field); whether the image file opens is the dataset's check.
+"""
 
 from __future__ import annotations
 
@@ -10,55 +14,82 @@ IMAGE_TAG = "<image>"
 
 
 class DataError(ValueError):
-    """A record that cannot be used; the message names the file and the record id."""
+    """A record (or data file) that cannot be used.
 
-    def __init__(self, message: str, reason: str = "invalid record") -> None:
-        super().__init__(message)
+    `reason` is a short category ("missing image", "too long", ...) that skip mode counts by;
+    `str()` names the file and the record id when they are known, so the message alone locates it.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid record", *, record_id: str | None = None,
+                 source: str | Path | None = None) -> None:
+        self.message = message
         self.reason = reason
+        self.record_id = record_id
+        self.source = str(source) if source is not None else None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.source] if self.source else []
+        if self.record_id is not None:
+            where.append(f"record {self.record_id}")
+        return ": ".join(where + [self.message])
+
+    def located(self, source: str | Path | None = None, record_id: str | None = None) -> "DataError":
+        """The same error with the file / record filled in where it was not known yet."""
+        return DataError(self.message, self.reason, record_id=self.record_id if self.record_id is not None else record_id,
+                         source=self.source if self.source is not None else source)
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
+def read_records(path: str | Path) -> list[Any]:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: no such data file", "missing file") from None
+        raise DataError("no such data file", "missing file", source=path) from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})", "bad json") from None
+        raise DataError(f"not valid JSON ({e})", "bad json", source=path) from None
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}", "bad json")
+        raise DataError(f"expected a JSON list of records, got {type(data).__name__}", "bad json", source=path)
     return data
 
 
 def record_id(record: Any, index: int) -> str:
+    """The record's id, or its position ("#3") when it has none, so errors can still point at it."""
     if isinstance(record, dict) and "id" in record:
         return str(record["id"])
     return f"#{index}"
 
 
-def validate_record(record: Any, index: int, source: str) -> None:
+def validate_record(record: Any, index: int, source: str | Path | None = None) -> None:
     """Raise DataError naming `source` and the record id for any structural problem."""
     rid = record_id(record, index)
-    where = f"{source}: record {rid}"
+
+    def fail(message: str, reason: str) -> DataError:
+        return DataError(message, reason, record_id=rid, source=source)
+
     if not isinstance(record, dict):
-        raise DataError(f"{where}: a record must be an object", "invalid record")
+        raise fail(f"a record must be an object, got {type(record).__name__}", "invalid record")
     if "id" not in record:
-        raise DataError(f"{where}: missing 'id'", "missing id")
+        raise fail("missing 'id'", "missing id")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: empty or missing 'conversations'", "empty conversations")
+        raise fail("empty or missing 'conversations'", "empty conversations")
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
         if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
-            raise DataError(f"{where}: turn {i} must be {{'from': '{expected}', 'value': str}}, got {turn!r:.80}",
-                            "bad turns")
+            raise fail(f"turn {i} must be {{'from': '{expected}', 'value': str}} (roles alternate human/gpt), "
+                       f"got {turn!r:.80}", "bad turns")
     if len(turns) % 2:
-        raise DataError(f"{where}: the last turn is a question with no answer", "bad turns")
+        raise fail("the last turn is a question with no answer", "bad turns")
+    image = record.get("image")
+    if image is not None and not isinstance(image, str):
+        # Some LLaVA-derived sets hold a list of images; one image per sample is what the model takes.
+        raise fail(f"'image' must be one file name, got {type(image).__name__}", "invalid record")
     n_tags = sum(t["value"].count(IMAGE_TAG) for t in turns)
-    has_image = bool(record.get("image"))
-    if has_image and IMAGE_TAG not in turns[0]["value"]:
-        raise DataError(f"{where}: has an image but no {IMAGE_TAG} tag in the first human turn", "missing image tag")
-    if has_image and n_tags != 1:
-        raise DataError(f"{where}: expected one {IMAGE_TAG} tag, found {n_tags}", "missing image tag")
-    if not has_image and n_tags:
-        raise DataError(f"{where}: has an {IMAGE_TAG} tag but no image", "image tag without image")
+    if image:
+        if IMAGE_TAG not in turns[0]["value"]:
+            raise fail(f"has an image but no {IMAGE_TAG} tag in the first human turn", "missing image tag")
+        if n_tags != 1:
+            raise fail(f"expected one {IMAGE_TAG} tag, found {n_tags}", "too many image tags")
+    elif n_tags:
+        raise fail(f"has an {IMAGE_TAG} tag but no image", "image tag without image")

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from tokenizers import pre_tokenizers
 
 from .templates import TEMPLATES
-from .tokenizer import build_tokenizer
+from .tokenizer import IMAGE_TOKEN, SPECIAL_TOKENS, build_tokenizer, split_words
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -30,7 +29,6 @@ QUESTIONS = {
     "color": "What color is the shape on the {slot}?",
     "shape": "What shape is on the {slot}?",
 }
-CAPTION_WORDS = ["a", "on", "the", "and", "in"]
 
 
 @dataclass
@@ -91,15 +89,21 @@ def questions_for(objects: list[SceneObject], rng: random.Random) -> list[tuple[
 
 
 def synthetic_vocabulary() -> list[str]:
-    """Every token any synthetic record or template can produce (pre-tokenized like the tokenizer)."""
-    texts = [t.system for t in TEMPLATES.values()] + [f"{t.user}: {t.assistant}:" for t in TEMPLATES.values()]
-    texts += list(QUESTIONS.values()) + list(COLORS) + list(SHAPES) + list(SLOTS) + list(NUMBERS.values())
-    texts += CAPTION_WORDS
-    splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    words = set()
-    for text in texts:
-        words.update(piece for piece, _ in splitter.pre_tokenize_str(text.lower()) if piece not in ("{", "}"))
-    return sorted(words - {"{", "}", "slot"})
+    """Every word any synthetic record or template can produce, split exactly as the tokenizer splits.
+
+    Built by running the generators' own text functions over every shape/colour/slot, so a new
+    question or caption wording cannot silently become `<unk>`.
+    """
+    every_object = [SceneObject(shape, color, slot) for shape in SHAPES for color in COLORS for slot in SLOTS]
+    texts = [caption(every_object), *NUMBERS.values()]
+    texts += [q.format(slot=slot) for q in QUESTIONS.values() for slot in SLOTS]
+    for template in TEMPLATES.values():
+        texts.append(template.render_prompt("").replace(IMAGE_TOKEN, " "))
+    words = {word for text in texts for word in split_words(text)}
+    return sorted(words - set(SPECIAL_TOKENS))
+
+
+SYNTHETIC_VOCAB: tuple[str, ...] = tuple(synthetic_vocabulary())
 
 
 def _record(rid: str, image: str, question: str, answer: str) -> dict:
@@ -108,7 +112,11 @@ def _record(rid: str, image: str, question: str, answer: str) -> dict:
 
 
 def chance_accuracy(records: list[dict], types: list[str]) -> float:
-    """Accuracy of always answering the most frequent answer of each question type."""
+    """Accuracy of a blind guesser that always gives the most frequent answer of each question type.
+
+    The floor a model must beat to show it reads the image: answers are uniform per type (count
+    1/3, colour 1/4, shape 1/3), so about 0.31, a little more on a small split by sampling noise.
+    """
     by_type: dict[str, Counter] = defaultdict(Counter)
     for record, qtype in zip(records, types):
         by_type[qtype][record["conversations"][1]["value"]] += 1
@@ -124,7 +132,9 @@ def write_synthetic_dataset(out_dir: str | Path, n_captions: int = 2000, n_vqa_t
     """
     root = Path(out_dir)
     images = root / "images"
-    params = dict(n_captions=n_captions, n_vqa_train=n_vqa_train, n_vqa_test=n_vqa_test, image_size=image_size, seed=seed)
+    # The vocabulary is part of the key: a changed wording must not reuse a stale tokenizer.
+    params = dict(n_captions=n_captions, n_vqa_train=n_vqa_train, n_vqa_test=n_vqa_test, image_size=image_size, seed=seed,
+                  vocab=list(SYNTHETIC_VOCAB))
     meta_path = root / "synthetic.json"
     paths = dict(root=root, images=images, stage1=root / "stage1.json", stage2_train=root / "stage2_train.json",
                  stage2_test=root / "stage2_test.json", tokenizer=root / "tokenizer")
@@ -157,7 +167,7 @@ def write_synthetic_dataset(out_dir: str | Path, n_captions: int = 2000, n_vqa_t
     paths["stage1"].write_text(json.dumps(stage1))
     paths["stage2_train"].write_text(json.dumps(splits["train"][0]))
     paths["stage2_test"].write_text(json.dumps(splits["test"][0]))
-    build_tokenizer(synthetic_vocabulary()).save_pretrained(paths["tokenizer"])
+    build_tokenizer(SYNTHETIC_VOCAB).save_pretrained(paths["tokenizer"])
     chance = chance_accuracy(*splits["test"])
     meta_path.write_text(json.dumps({"params": params, "chance_accuracy": chance}))
     return SyntheticDataset(**paths, chance_accuracy=chance)

@@ -1,8 +1,17 @@
-"""Conversation templates as data (LLaVA's `vicuna_v1` and `plain`)."""
+"""Conversation templates as data (LLaVA's `vicuna_v1` and `plain`).
+
+vicuna_v1 (LLaVA-v1.5 SFT), one conversation:
+    "{system} USER: {q1} ASSISTANT: {a1}</s> USER: {q2} ASSISTANT: {a2}</s>"
+plain (stage-1 alignment): the image, then the caption, then </s>; no system prompt, no roles, and
+the human text besides the image is dropped (LLaVA's preprocess_plain does the same), so stage 1
+learns image -> caption only.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .formats import IMAGE_TAG
 
 
 @dataclass(frozen=True)
@@ -11,22 +20,30 @@ class ConversationTemplate:
     system: str
     user: str  # role name of the human turn
     assistant: str  # role name of the model turn
-    # A turn renders as "{user}: {question} {assistant}: {answer}{eos}"; turns joined by a space.
-    # `plain` (stage 1) has no roles: "{image}{caption}{eos}".
     plain: bool = False
 
     def prompt_prefix(self) -> str:
+        """Text before the first turn (the system prompt and its separator)."""
         return self.system + " " if self.system else ""
 
     def question_text(self, question: str) -> str:
-        """Text before the answer of one turn."""
+        """Text of one turn before its answer; the answer and its </s> follow."""
         if self.plain:
-            return question
-        return f"{self.user}: {question} {self.assistant}:"
+            return IMAGE_TAG if IMAGE_TAG in question else question.strip()
+        return f"{self.user}: {question.strip()} {self.assistant}:"
 
     def render_prompt(self, question: str) -> str:
         """Inference prompt for one question, ending where the assistant starts answering."""
         return self.prompt_prefix() + self.question_text(question)
+
+    def render_conversation(self, turns: list[tuple[str, str]], eos: str = "</s>") -> str:
+        """The whole text of (question, answer) turns, as the model sees it (for logs and docs)."""
+        parts = [self.render_prompt(turns[0][0]) if turns else self.prompt_prefix().rstrip()]
+        for i, (question, answer) in enumerate(turns):
+            if i:
+                parts.append(self.question_text(question))
+            parts.append(answer.strip() + eos)
+        return " ".join(p for p in parts if p)
 
 
 VICUNA_V1 = ConversationTemplate(
@@ -37,7 +54,7 @@ VICUNA_V1 = ConversationTemplate(
     assistant="ASSISTANT",
 )
 PLAIN = ConversationTemplate(name="plain", system="", user="", assistant="", plain=True)
-TEMPLATES = {t.name: t for t in (VICUNA_V1, PLAIN)}
+TEMPLATES: dict[str, ConversationTemplate] = {t.name: t for t in (VICUNA_V1, PLAIN)}
 
 
 def get_template(name: str) -> ConversationTemplate:
