@@ -1,10 +1,15 @@
 """The whole gamma-MoD pipeline on the embedded default (`gamma-mod pipeline`, README command 1).
 
-    synthetic data -> stage 1 (projector) -> ARank -> select + convert -> stage-2 SFT (MoD and a
-    dense baseline, same data and steps) -> held-out VQA accuracy + prefill speed -> one table
+    synthetic data -> stage 1 (projector) -> stage-2 dense SFT -> ARank -> select + convert
+    -> MoD SFT (adaptation) and, for a fair baseline, the same extra SFT of the dense model
+    -> held-out VQA accuracy + prefill speed -> one table
 
-Every step writes into `--out` (default runs/quickstart) and is skipped when its output is already
-complete there, so an interrupted run continues where it stopped (`--fresh` starts over).
+The paper converts a model whose LLM is pretrained (Vicuna); the tiny default's LLM starts random,
+so its first SFT epochs stand in for that pretraining: ARank is measured on the SFT model (on a
+random LLM every attention map is full rank and ARank says nothing), and the MoD model and the
+dense baseline then receive the same further training. Every step writes into `--out` (default
+runs/quickstart) and is skipped when its output is complete there, so an interrupted run continues
+where it stopped (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="model spec under configs/model/")
     parser.add_argument("--stage1-config", default="stage1_tiny")
     parser.add_argument("--stage2-config", default="stage2_tiny")
+    parser.add_argument("--adapt-epochs", type=float, default=1.0, help="MoD SFT epochs (the dense baseline gets the same)")
     parser.add_argument("--arank-samples", type=int, default=32)
-    parser.add_argument("--eval-samples", type=int, default=200)
+    parser.add_argument("--eval-samples", type=int, default=600, help="held-out questions to answer (600 = all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
 
@@ -69,21 +75,27 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     timings: dict[str, float] = {}
 
-    t = step("1/6 synthetic data")
-    data = write_synthetic_dataset(out / "data", seed=args.seed)
+    t = step("0/6 synthetic data")
+    data = write_synthetic_dataset(out / "data", n_captions=1500, n_vqa_train=1000, n_vqa_test=200, seed=args.seed)
     timings["data"] = time.perf_counter() - t
 
-    t = step("2/6 stage 1: projector alignment (LLM and vision tower frozen)")
+    t = step("1/6 stage 1: projector alignment (LLM and vision tower frozen)")
     stage1 = out / "stage1"
     if not _done(stage1):
         train_stage(args.stage1_config, stage1, data, stage="pretrain", model=args.model, seed=args.seed)
     timings["stage1"] = time.perf_counter() - t
 
+    t = step("2/6 stage 2: dense SFT (the trained model to make MoD)")
+    sft = out / "stage2_sft"
+    if not _done(sft):
+        train_stage(args.stage2_config, sft, data, stage="finetune", init=stage1, seed=args.seed)
+    timings["stage2"] = time.perf_counter() - t
+
     if args.strategy == "gamma":
-        t = step("3/6 ARank of the stage-1 model and layer selection")
-        n_layers = json.loads((stage1 / "config.json").read_text())["num_hidden_layers"]
+        t = step("3/6 ARank of the SFT model and layer selection")
+        n_layers = json.loads((sft / "config.json").read_text())["num_hidden_layers"]
         k_dense = args.k_dense if args.k_dense is not None else max(1, round(4 * n_layers / 32))
-        mod_layers = arank_and_select(stage1, data, out / "arank.json", args.arank_samples, k_dense)
+        mod_layers = arank_and_select(sft, data, out / "arank.json", args.arank_samples, k_dense)
         timings["arank"] = time.perf_counter() - t
     else:
         step("3/6 p-MoD: progressive ratio decay picks the layers (no ARank pass)")
@@ -92,17 +104,18 @@ def run(args: argparse.Namespace) -> int:
     t = step(f"4/6 convert to MoD ({args.strategy}, skip ratio {args.routing_ratio})")
     converted = out / f"converted_{args.strategy}"
     if not _done(converted):
-        convert_folder(stage1, converted, mod_layers, args.routing_ratio, args.strategy)
+        convert_folder(sft, converted, mod_layers, args.routing_ratio, args.strategy)
     timings["convert"] = time.perf_counter() - t
 
-    t = step("5/6 stage 2: SFT of the MoD model and of the dense baseline")
+    t = step(f"5/6 MoD SFT and the same extra SFT for the dense baseline ({args.adapt_epochs} epoch)")
     stage2_mod = out / f"stage2_{args.strategy}"
     stage2_dense = out / "stage2_dense"
+    extra = [f"optim.epochs={args.adapt_epochs}"]
     if not _done(stage2_mod):
-        train_stage(args.stage2_config, stage2_mod, data, stage="finetune", init=converted, seed=args.seed)
+        train_stage(args.stage2_config, stage2_mod, data, stage="finetune", init=converted, seed=args.seed, extra=extra)
     if not _done(stage2_dense):
-        train_stage(args.stage2_config, stage2_dense, data, stage="finetune", init=stage1, seed=args.seed)
-    timings["stage2"] = time.perf_counter() - t
+        train_stage(args.stage2_config, stage2_dense, data, stage="finetune", init=sft, seed=args.seed, extra=extra)
+    timings["adapt"] = time.perf_counter() - t
 
     t = step("6/6 evaluation: held-out synthetic VQA accuracy and prefill speed")
     rows = evaluate_pair(stage2_dense, stage2_mod, data, out, args.eval_samples, args.strategy)
@@ -136,7 +149,7 @@ def format_report(rows: list[PipelineReport], chance: float) -> str:
 
 # -- steps ------------------------------------------------------------------------------------------
 def train_stage(config_name: str, out: Path, data, stage: str, model: str | None = None, init: Path | None = None,
-                seed: int = 0) -> None:
+                seed: int = 0, extra: list[str] = ()) -> None:
     from .config import load_config
     from .model.builder import CONFIG_DIR
     from .train.args import TrainConfig
@@ -150,6 +163,7 @@ def train_stage(config_name: str, out: Path, data, stage: str, model: str | None
         overrides += ["model.init=null", f"model.tokenizer={data.tokenizer}"]
         if model:
             overrides.append(f"model.spec={model}")
+    overrides += list(extra)
     path = Path(config_name)
     if not path.exists():
         path = CONFIG_DIR / "train" / f"{config_name}.yaml"
