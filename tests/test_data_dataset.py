@@ -90,6 +90,13 @@ def test_skip_mode_drops_and_counts_each_reason(tokenizer, folder, reason):
     assert dataset.skipped == {reason: 1}
 
 
+def test_truncated_image_is_caught_at_construction(tokenizer, folder):
+    whole = (folder / "good.png").read_bytes()
+    (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=rf"record r-cut: image file {folder / 'cut.png'} is corrupt"):
+        make(tokenizer, folder, [with_(GOOD, id="r-cut", image="cut.png")])
+
+
 def test_skip_mode_logs_counts_per_reason(tokenizer, folder, caplog):
     records = [GOOD, BAD["missing image"], with_(BAD["missing image"], id="r-nofile2"), BAD["too long"], TEXT_ONLY]
     with caplog.at_level(logging.WARNING, logger="gamma_mod.data.dataset"):
