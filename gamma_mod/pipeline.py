@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="gamma", choices=["gamma", "pmod"])
     parser.add_argument("--routing-ratio", type=float, default=0.5, help="fraction of routable tokens skipped")
     parser.add_argument("--k-dense", type=int, default=None,
-                        help="layers with the highest ARank kept dense (default: the paper's 4 of 32, scaled to the "
-                             "model's depth, at least 1); the first and last layers are dense anyway")
+                        help="dense layers: first, last, then the highest ARank (default: the paper's 4 of 32 "
+                             "scaled to the model's depth, at least 2)")
     parser.add_argument("--model", default="tiny", help="model spec under configs/model/")
     parser.add_argument("--stage1-config", default="stage1_tiny")
     parser.add_argument("--stage2-config", default="stage2_tiny")
@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arank-samples", type=int, default=32)
     parser.add_argument("--eval-samples", type=int, default=600, help="held-out questions to answer (600 = all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--captions", type=int, default=1500, help="synthetic stage-1 captions")
+    parser.add_argument("--vqa-train", type=int, default=1000, help="synthetic training images (3 questions each)")
+    parser.add_argument("--vqa-test", type=int, default=200, help="synthetic held-out images (3 questions each)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="cap every training stage (smoke runs)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
 
 
@@ -76,25 +80,28 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
 
     t = step("0/6 synthetic data")
-    data = write_synthetic_dataset(out / "data", n_captions=1500, n_vqa_train=1000, n_vqa_test=200, seed=args.seed)
+    data = write_synthetic_dataset(out / "data", n_captions=args.captions, n_vqa_train=args.vqa_train,
+                                   n_vqa_test=args.vqa_test, seed=args.seed)
+    cap = [f"optim.max_steps={args.max_steps}"] if args.max_steps > 0 else []
     timings["data"] = time.perf_counter() - t
 
     t = step("1/6 stage 1: projector alignment (LLM and vision tower frozen)")
     stage1 = out / "stage1"
     if not _done(stage1):
-        train_stage(args.stage1_config, stage1, data, stage="pretrain", model=args.model, seed=args.seed)
+        train_stage(args.stage1_config, stage1, data, stage="pretrain", model=args.model, seed=args.seed, extra=cap)
     timings["stage1"] = time.perf_counter() - t
 
     t = step("2/6 stage 2: dense SFT (the trained model to make MoD)")
     sft = out / "stage2_sft"
     if not _done(sft):
-        train_stage(args.stage2_config, sft, data, stage="finetune", init=stage1, seed=args.seed)
+        train_stage(args.stage2_config, sft, data, stage="finetune", init=stage1, seed=args.seed, extra=cap)
     timings["stage2"] = time.perf_counter() - t
 
     if args.strategy == "gamma":
         t = step("3/6 ARank of the SFT model and layer selection")
         n_layers = json.loads((sft / "config.json").read_text())["num_hidden_layers"]
-        k_dense = args.k_dense if args.k_dense is not None else max(1, round(4 * n_layers / 32))
+        # The paper keeps 4 of 32 layers dense; scaled to this depth, never fewer than first + last.
+        k_dense = args.k_dense if args.k_dense is not None else max(2, round(4 * n_layers / 32))
         mod_layers = arank_and_select(sft, data, out / "arank.json", args.arank_samples, k_dense)
         timings["arank"] = time.perf_counter() - t
     else:
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     t = step(f"5/6 MoD SFT and the same extra SFT for the dense baseline ({args.adapt_epochs} epoch)")
     stage2_mod = out / f"stage2_{args.strategy}"
     stage2_dense = out / "stage2_dense"
-    extra = [f"optim.epochs={args.adapt_epochs}"]
+    extra = [f"optim.epochs={args.adapt_epochs}", *cap]
     if not _done(stage2_mod):
         train_stage(args.stage2_config, stage2_mod, data, stage="finetune", init=converted, seed=args.seed, extra=extra)
     if not _done(stage2_dense):

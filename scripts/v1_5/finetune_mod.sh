@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CONFIG="${CONFIG:-$ROOT/configs/train/stage2_tiny.yaml}"
 DATA_DIR="${DATA_DIR:-$ROOT/runs/quickstart/data}"
-STAGE1="${STAGE1:-$ROOT/runs/quickstart/stage1}"
+STAGE1="${STAGE1:-$ROOT/runs/quickstart/stage2_sft}"   # the model to convert
 MOD_MODEL="${MOD_MODEL:-$ROOT/runs/quickstart/converted_gamma}"
 ARANK="${ARANK:-$ROOT/runs/quickstart/arank.json}"
 ROUTING_RATIO="${ROUTING_RATIO:-0.5}"
@@ -16,7 +16,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HOSTFILE="${HOSTFILE:-}"
 
 if [ ! -f "$MOD_MODEL/config.json" ]; then
-  "$PYTHON" -m gamma_mod.cli convert --model "$STAGE1" --arank "$ARANK" --k-dense 1 \
+  "$PYTHON" -m gamma_mod.cli convert --model "$STAGE1" --arank "$ARANK" --k-dense 2 \
     --routing-ratio "$ROUTING_RATIO" --out "$MOD_MODEL"
 fi
 OVERRIDES=("output_dir=$OUTPUT_DIR" "model.init=$MOD_MODEL" "model.tokenizer=$MOD_MODEL")
