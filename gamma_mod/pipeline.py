@@ -130,11 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
     table = format_report(rows, data.chance_accuracy)
     print(table)
-    (out / "report.md").write_text(table + "\n")
-    (out / "report.json").write_text(json.dumps(
+    (out / f"report_{args.strategy}.md").write_text(table + "\n")
+    (out / f"report_{args.strategy}.json").write_text(json.dumps(
         {"rows": [asdict(r) for r in rows], "chance_accuracy": data.chance_accuracy, "timings_s": timings}, indent=2))
     logger.info("pipeline done in %.0f s (%s); report in %s", sum(timings.values()),
-                ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()), out / "report.md")
+                ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()), out / f"report_{args.strategy}.md")
     return 0
 
 

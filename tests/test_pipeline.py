@@ -1,0 +1,41 @@
+"""The whole pipeline end to end on a micro model (the quickstart's code path, capped steps), with resume."""
+
+import json
+import sys
+
+import yaml
+
+from gamma_mod.cli import main
+
+from conftest import MICRO_SPEC
+
+
+def run(tmp_path, strategy, *extra):
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(yaml.safe_dump({**MICRO_SPEC, "text": {**MICRO_SPEC["text"], "num_hidden_layers": 4}}))
+    return main(["pipeline", "--out", str(tmp_path / "run"), "--model", str(spec), "--strategy", strategy,
+                 "--captions", "16", "--vqa-train", "6", "--vqa-test", "4", "--max-steps", "3",
+                 "--arank-samples", "4", "--eval-samples", "12", *extra])
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
+    assert run(tmp_path, "gamma", "--k-dense", "3") == 0
+    report = json.loads((tmp_path / "run" / "report_gamma.json").read_text())
+    dense, mod = report["rows"]
+    assert dense["skipped_fraction"] == 0 and mod["skipped_fraction"] > 0.4
+    # 4 layers, 3 dense: first, last and the higher-ARank one of the middle two
+    assert len(mod["mod_layers"]) == 1 and mod["mod_layers"][0] in (1, 2)
+    assert 0 <= mod["accuracy"] <= 1
+    assert (tmp_path / "run" / "arank.json").exists() and (tmp_path / "run" / "arank.png").exists()
+    table = capsys.readouterr().out
+    assert "| dense |" in table and "| MoD (gamma) |" in table
+    # A second run finds every stage complete and only re-evaluates.
+    stamp = (tmp_path / "run" / "stage2_gamma" / "complete.json").stat().st_mtime
+    assert run(tmp_path, "gamma", "--k-dense", "3") == 0
+    assert (tmp_path / "run" / "stage2_gamma" / "complete.json").stat().st_mtime == stamp
+
+
+def test_pipeline_pmod(tmp_path):
+    assert run(tmp_path, "pmod") == 0
+    report = json.loads((tmp_path / "run" / "report_pmod.json").read_text())
+    assert report["rows"][1]["name"] == "MoD (pmod)"
