@@ -4,7 +4,7 @@
     python benchmarks/speed.py --shape 7b --device cuda --dtype bfloat16   # H100/H200: LLaVA-HR-7B-shaped
 
 The MoD model is the dense model converted in place (same weights) with the paper's layout: every
-layer MoD except the first three and the last (28 of 32 on 7B), routing ratio 0.5 by default.
+layer MoD except the first three and the last (28 of 32 on 7B; first and last on shallow models), routing ratio 0.5 by default.
 Random weights: the router's choices are arbitrary but the amount of work skipped is what a trained
 model at that ratio skips, which is what timing depends on.
 """
@@ -27,25 +27,28 @@ CLIP_L_1024_TOKENS = dict(hidden_size=1024, intermediate_size=4096, num_hidden_l
 SHAPES = {
     "tiny": dict(text=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=4),
                  vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                             image_size=64, patch_size=8), batch=8, text_tokens=32),
+                             image_size=64, patch_size=8), batch=8, text_tokens=32, vocab=512),
     "mid": dict(text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16),
                 vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                            image_size=256, patch_size=8), batch=2, text_tokens=64),
+                            image_size=256, patch_size=8), batch=2, text_tokens=64, vocab=32000),
     "7b": dict(text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
-               vision=CLIP_L_1024_TOKENS, batch=8, text_tokens=576),
+               vision=CLIP_L_1024_TOKENS, batch=8, text_tokens=576, vocab=32000),
 }
 
 
 def build_pair(shape: str, ratio: float, device, dtype):
     spec = SHAPES[shape]
-    config = LlavaLlamaConfig(**spec["text"], vocab_size=32000, max_position_embeddings=4096,
-                              vision_config=spec["vision"], image_token_index=31999, pad_token_id=0,
+    config = LlavaLlamaConfig(**spec["text"], vocab_size=spec["vocab"], max_position_embeddings=4096,
+                              vision_config=spec["vision"], image_token_index=spec["vocab"] - 1, pad_token_id=0,
                               bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     with torch.device(device):
         dense = LlavaLlamaForCausalLM(config).to(dtype).eval()
     n = config.num_hidden_layers
-    mod_layers = [i for i in range(n) if i >= min(3, n // 4 + 1) and i != n - 1]
+    # The paper's layout: 4 of 32 layers dense (0, 1, 2 and the last), scaled to the depth.
+    n_dense = max(2, round(4 * n / 32))
+    dense_layers = set(range(n_dense - 1)) | {n - 1}
+    mod_layers = [i for i in range(n) if i not in dense_layers]
     mod = convert_to_mod(copy.deepcopy(dense), mod_layers, routing_ratio=ratio).eval()
     return dense, mod
 

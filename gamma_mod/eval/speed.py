@@ -30,7 +30,7 @@ class SpeedInputs:
 class SpeedRow:
     name: str
     prefill_samples_per_s: float
-    decode_tokens_per_s: float
+    decode_tokens_per_s: float  # nan when timing noise exceeded the decode time
     generate_s: float
     kv_cache_mb: float
     peak_memory_mb: float | None
@@ -88,22 +88,26 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    prefill_s = _timed(lambda: model(**kwargs, use_cache=True), device, repeats, warmup)
-    out = model(**kwargs, use_cache=True)
+    # Prefill as generate() runs it: full prompt, KV cache filled, logits for the last position only.
+    prefill_s = _timed(lambda: model(**kwargs, use_cache=True, logits_to_keep=1), device, repeats, warmup)
+    out = model(**kwargs, use_cache=True, logits_to_keep=1)
     stats = dict(model.last_routing_stats)
     kv = kv_cache_bytes(out.cache)
     del out
 
-    def generate():
-        model.generate(**kwargs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
+    def generate(n: int):
+        return lambda: model.generate(**kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-    generate_s = _timed(generate, device, repeats, warmup)
-    decode_s = max(generate_s - prefill_s, 1e-9)
+    # Decode speed = the difference between generating N tokens and generating 1 (same prefill).
+    first_token_s = _timed(generate(1), device, repeats, warmup)
+    generate_s = _timed(generate(max_new_tokens), device, repeats, warmup)
+    decode_s = generate_s - first_token_s
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     routable = sum(r for r, _ in stats.values())
     skip_rate = sum(s for _, s in stats.values()) / routable if routable else 0.0
     return SpeedRow(
-        name=name, prefill_samples_per_s=batch / prefill_s, decode_tokens_per_s=batch * max_new_tokens / decode_s,
+        name=name, prefill_samples_per_s=batch / prefill_s,
+        decode_tokens_per_s=batch * (max_new_tokens - 1) / decode_s if decode_s > 0 else float("nan"),
         generate_s=generate_s, kv_cache_mb=kv / 2**20, peak_memory_mb=peak, skip_rate=skip_rate,
         tflops=measured_tflops(model, inputs, stats),
     )
@@ -148,8 +152,8 @@ def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedI
     """[bos, image tokens, question tokens]: the LLaVA prompt shape, random content."""
     g = torch.Generator().manual_seed(seed)
     n_image = config.num_image_tokens
-    low = max(config.image_token_index or 0, 3) + 1
-    text = torch.randint(low, config.vocab_size, (batch, text_tokens), generator=g)
+    text = torch.randint(3, config.vocab_size, (batch, text_tokens), generator=g)
+    text = text.masked_fill(text == config.image_token_index, 3)  # no stray image tokens in the question
     image = torch.full((batch, n_image), config.image_token_index)
     ids = torch.cat([torch.full((batch, 1), config.bos_token_id or 1), image, text], dim=1)
     size = config.vision_config["image_size"]
