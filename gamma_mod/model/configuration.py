@@ -3,7 +3,16 @@
 Field names are LLaVA's (`mm_projector_type`, `mm_hidden_size`, `mm_vision_select_layer`, ...), so
 LLaVA-1.5 / LLaVA-HR / gamma-MoD config.json files read unchanged. Unlike LLaVA, the vision tower
 is described by `vision_config` (a CLIPVisionConfig dict) and built from it, so no hub lookup is
-ever needed; `mm_vision_tower` is kept as the name of the weights it came from.
+ever needed; `mm_vision_tower` is kept as the name of the weights it came from. Official configs
+that only name their towers (`mm_vision_tower`, `vision_tower_slow`, `mm_vision_tower_aux`) resolve
+to fixed architectures through `vision.presets` (no download).
+
+Three tower families (`vision_tower_type`, inferred from the official fields when absent):
+  clip      LLaVA-1.5: CLIP ViT (`vision_config`).
+  llava_hr  LLaVA-HR (`is_multipath_encoder`): CLIP + ConvNeXt (`vision_config_hr`) fused by the
+            MR-Adapter, input `input_image_size` px.
+  mgm       Mini-Gemini (`mm_vision_tower_aux`): CLIP + ConvNeXt (`vision_config_hr`) with patch info
+            mining, input `image_size_aux` px, `image_grid` x `image_grid` crops (+ `image_global`).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from ..mod.config import ModConfig
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+VISION_TOWER_TYPES = ("clip", "llava_hr", "mgm")
 
 
 class LlavaLlamaConfig(LlamaConfig):
@@ -33,10 +43,48 @@ class LlavaLlamaConfig(LlamaConfig):
         image_std: list[float] | None = None,
         image_aspect_ratio: str = "pad",
         mod: dict[str, Any] | None = None,
+        vision_tower_type: str | None = None,
+        vision_config_hr: dict[str, Any] | None = None,
+        vision_tower_slow: str | None = None,
+        is_multipath_encoder: bool = False,
+        input_image_size: int | None = None,
+        mm_vision_tower_aux: str | None = None,
+        image_size_aux: int | None = None,
+        image_grid: int = 1,
+        image_global: bool = False,
         **kwargs,
     ) -> None:
+        from .vision.presets import clip_preset, convnext_preset
+
         if isinstance(vision_config, CLIPVisionConfig):
             vision_config = vision_config.to_dict()
+        if vision_tower_type is None:
+            vision_tower_type = "llava_hr" if is_multipath_encoder else "mgm" if mm_vision_tower_aux else "clip"
+        if vision_tower_type not in VISION_TOWER_TYPES:
+            raise ValueError(f"vision_tower_type must be one of {VISION_TOWER_TYPES}, got {vision_tower_type!r}")
+        if vision_config is None and mm_vision_tower:
+            vision_config = clip_preset(mm_vision_tower)
+        hr_name = vision_tower_slow if vision_tower_type == "llava_hr" else mm_vision_tower_aux
+        if vision_tower_type != "clip":
+            if vision_config is None:
+                raise ValueError(f"vision_tower_type {vision_tower_type!r} needs `vision_config` or `mm_vision_tower`")
+            if vision_config_hr is None:
+                if not hr_name:
+                    field = "vision_tower_slow" if vision_tower_type == "llava_hr" else "mm_vision_tower_aux"
+                    raise ValueError(f"vision_tower_type {vision_tower_type!r} needs `vision_config_hr` or `{field}`")
+                vision_config_hr = convnext_preset(hr_name)
+        self.vision_tower_type = vision_tower_type
+        self.vision_config_hr = vision_config_hr
+        self.vision_tower_slow = vision_tower_slow
+        self.is_multipath_encoder = is_multipath_encoder or vision_tower_type == "llava_hr"
+        # LLaVA-HR's default resolution is 1024 px; Mini-Gemini's default image_size_aux is 320.
+        self.input_image_size = input_image_size if input_image_size is not None else (
+            1024 if vision_tower_type == "llava_hr" else None)
+        self.mm_vision_tower_aux = mm_vision_tower_aux
+        self.image_size_aux = image_size_aux if image_size_aux is not None else (
+            320 if vision_tower_type == "mgm" else None)
+        self.image_grid = image_grid
+        self.image_global = image_global
         self.vision_config = vision_config
         self.mm_vision_tower = mm_vision_tower
         self.mm_projector_type = mm_projector_type
@@ -67,11 +115,21 @@ class LlavaLlamaConfig(LlamaConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        vc = self.vision_config
-        if not vc:
-            return 0
-        n = (vc["image_size"] // vc["patch_size"]) ** 2
-        return n + 1 if self.mm_vision_select_feature == "cls_patch" else n
+        """Image tokens per image, as the vision tower produces them (see vision.factory)."""
+        from .vision.factory import num_image_tokens
+
+        return num_image_tokens(self)
+
+    @property
+    def image_input_size(self) -> int | None:
+        """Side in pixels of the square images the model takes (`pixel_values`)."""
+        if not self.vision_config:
+            return None
+        if self.vision_tower_type == "llava_hr":
+            return self.input_image_size
+        if self.vision_tower_type == "mgm":
+            return self.image_size_aux
+        return self.vision_config["image_size"]
 
 
 class ModLlavaLlamaConfig(LlavaLlamaConfig):
@@ -88,3 +146,10 @@ class ModLlavaLlamaConfig(LlavaLlamaConfig):
         if flat:
             kwargs["mod"] = {**(kwargs.get("mod") or {}), **flat}
         super().__init__(**kwargs)
+
+
+class ModMGMConfig(ModLlavaLlamaConfig):
+    """gamma-MoD on Mini-Gemini (`model_type: mod_mgm`); the `mm_vision_tower_aux` field selects the
+    Mini-Gemini tower, so it loads into the same model."""
+
+    model_type = "mod_mgm"

@@ -30,7 +30,7 @@ from ..mod.router import TokenRouter
 from ..mod.strategies import build_strategy
 from .configuration import LlavaLlamaConfig, ModLlavaLlamaConfig
 from .projector import build_projector
-from .vision.clip import CLIPVisionTower
+from .vision.factory import build_vision_tower, owning_submodel
 
 ROUTER_KEY_SUFFIX = ".router.weight"
 
@@ -74,11 +74,9 @@ class GammaLlamaModel(LlamaModel):
     def __init__(self, config: LlavaLlamaConfig) -> None:
         super().__init__(config)
         self.layers = build_decoder_layers(config)
-        vision_config = config.clip_vision_config()
-        if vision_config is not None:
-            self.vision_tower = CLIPVisionTower(
-                vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature
-            )
+        vision_tower = build_vision_tower(config)  # CLIP, LLaVA-HR or Mini-Gemini (config.vision_tower_type)
+        if vision_tower is not None:
+            self.vision_tower = vision_tower
             self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         self.post_init()
 
@@ -103,7 +101,7 @@ class GammaLlamaModel(LlamaModel):
         if features.shape[0] != n_image_tokens:
             raise ValueError(
                 f"{n_image_tokens} image tokens in input_ids but the images give {features.shape[0]} features "
-                f"({pixel_values.shape[0]} images x {self.config.num_image_tokens})"
+                f"({pixel_values.shape[0]} images x {self.vision_tower.num_image_tokens})"
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), features)
 
@@ -189,9 +187,11 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             else:
                 init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             return
-        if type(module).__module__.startswith("transformers.models.clip"):
-            self.model.vision_tower.vision_tower.vision_model._init_weights(module)
-            return
+        if type(module).__module__.startswith(("transformers.models.clip", "transformers.models.convnext")):
+            owner = owning_submodel(self.model.vision_tower, module)  # the tower's CLIP / ConvNext model
+            if owner is not None:
+                owner._init_weights(module)
+                return
         super()._init_weights(module)
 
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs):

@@ -29,6 +29,12 @@ class CLIPVisionTower(nn.Module):
     def hidden_size(self) -> int:
         return self.vision_tower.vision_model.config.hidden_size
 
+    @property
+    def num_image_tokens(self) -> int:
+        config = self.vision_tower.vision_model.config
+        n = (config.image_size // config.patch_size) ** 2
+        return n + 1 if self.select_feature == "cls_patch" else n
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, num_patches, C_vision)."""
         clip = self.vision_tower.vision_model
