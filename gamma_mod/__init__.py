@@ -8,6 +8,7 @@ extras (flash-attn, timm, open_clip, matplotlib) are never imported here.
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .model import LlavaLlamaConfig, LlavaLlamaForCausalLM, ModLlavaLlamaConfig, ModLlavaLlamaForCausalLM
+from .model import checkpoints as _checkpoints  # noqa: F401  (registers mod_mgm with the Auto classes)
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,9 @@ from .configuration import LlavaLlamaConfig
 from .llava_llama import LlavaLlamaForCausalLM
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-_SECTIONS = {"text", "vision", "projector", "mod"}
+_SECTIONS = {"text", "vision", "tower", "projector", "mod"}
+# "tower": the LLaVA-HR / Mini-Gemini tower fields of LlavaLlamaConfig (vision_tower_type, vision_config_hr,
+# input_image_size, image_size_aux, image_grid, image_global, weight names); absent for LLaVA-1.5.
 
 
 def load_model_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +39,7 @@ def build_config(spec: str | Path | dict[str, Any], *, vocab_size: int, image_to
     return LlavaLlamaConfig(
         **data.get("text", {}),
         vision_config=data.get("vision"),
+        **data.get("tower", {}),
         **data.get("projector", {}),
         mod=data.get("mod"),
         vocab_size=vocab_size,

@@ -25,13 +25,16 @@ def convnext_config(spec: dict) -> ConvNextConfig:
 
 
 def build_convnext(spec: dict) -> ConvNextModel:
-    """`ConvNextModel` whose LayerNorms all use `layer_norm_eps`.
+    """`ConvNextModel` trunk (stem + stages, no head norm) whose LayerNorms all use `layer_norm_eps`.
 
     transformers hard-codes eps=1e-6 in the stem, downsampling and block norms (only the final norm
     reads the config); timm's convnext_xxlarge uses 1e-5 everywhere, so the value is set here.
     """
     config = convnext_config(spec)
     model = ConvNextModel(config)
+    # The final norm belongs to the classifier head (timm `head.norm`): never used by the towers and
+    # absent from Mini-Gemini checkpoints, so the trunk has none (forward then pools unnormalised).
+    model.layernorm = nn.Identity()
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
             module.eps = config.layer_norm_eps
