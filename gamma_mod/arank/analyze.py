@@ -1,8 +1,9 @@
-"""Per-layer ARank over a dataset: mean over heads, then mean (and std) over samples."""
+"""Per-layer ARank over a dataset: per sample the mean over heads, per layer the mean (and std) over samples."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,82 +14,105 @@ from tqdm.auto import tqdm
 from .capture import capture_attention
 from .rank import sample_arank
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+
 
 @dataclass
 class ARankResult:
+    """mean[i], std[i]: ARank of decoder layer i over `num_samples` samples (std with Bessel's
+    correction, 0 for one sample); `tol` is the relative rank tolerance used (None: torch's default)."""
+
     mean: list[float]
     std: list[float]
     num_samples: int
     tol: float | None = None
 
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean and std must be non-empty and of equal length ({len(self.mean)} vs {len(self.std)})")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if not all(math.isfinite(v) for v in self.mean + self.std):
+            raise ValueError("ARank values must be finite")
+
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path) -> "ARankResult":
         data = json.loads(Path(path).read_text())
         try:
             return cls(**data)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: not an ARank result ({e})") from None
 
 
-def real_block(mask_row: torch.Tensor) -> slice:
-    """The contiguous span of real tokens of one row (left or right padding)."""
-    idx = mask_row.nonzero().squeeze(1)
-    return slice(int(idx[0]), int(idx[-1]) + 1)
+def batch_inputs(batch: dict, take: int, model) -> dict[str, torch.Tensor]:
+    """The first `take` samples of a collated batch, on the model's device; images in the model's dtype."""
+    inputs = {k: batch[k][:take] for k in ("input_ids", "attention_mask") if batch.get(k) is not None}
+    pixels = batch.get("pixel_values")
+    if pixels is not None:
+        # The collator stacks images only for samples that have one, in batch order.
+        image_token = model.config.image_token_index
+        n_images = int((inputs["input_ids"] == image_token).any(dim=1).sum()) if image_token is not None else 0
+        if n_images:
+            inputs["pixel_values"] = pixels[:n_images]
+    param = next(model.parameters())
+    return {k: v.to(param.device, dtype=param.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
 
 
 @torch.no_grad()
+def sample_aranks(model, inputs: dict[str, torch.Tensor], tol: float | None = None) -> torch.Tensor:
+    """One forward -> (B, L) ARank of every sample (mean over heads) in every decoder layer."""
+    batch = inputs["input_ids"].shape[0]
+    out = torch.zeros(batch, len(model.model.layers))
+
+    def sink(layer: int, sample: int, probs: torch.Tensor) -> None:
+        out[sample, layer] = sample_arank(probs, tol)  # the map is dropped right here
+
+    with capture_attention(model, sink):
+        model(**inputs, use_cache=False)
+    return out
+
+
 def compute_arank(model, batches: Iterable[dict], num_samples: int, tol: float | None = None,
                   progress: bool = True) -> ARankResult:
-    """Run `model` on batches (input_ids, attention_mask, pixel_values) until `num_samples` samples."""
+    """Run `model` (dense, eval mode) on collated batches (input_ids, attention_mask, pixel_values)
+    until `num_samples` samples are seen; fewer if the batches run out (the result says how many)."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    was_training = model.training
     model.eval()
-    n_layers = len(model.model.layers)
-    per_layer: list[list[float]] = [[] for _ in range(n_layers)]
-    current_mask: list[torch.Tensor] = []
-
-    def sink(layer: int, probs: torch.Tensor) -> None:
-        mask = current_mask[0]
-        for b in range(probs.shape[0]):
-            block = real_block(mask[b]) if mask is not None else slice(None)
-            per_layer[layer].append(sample_arank(probs[b, :, block, block], tol))
-
+    rows: list[torch.Tensor] = []
     seen = 0
     bar = tqdm(total=num_samples, desc="ARank", unit="sample", disable=not progress)
-    with capture_attention(model, sink):
+    try:
         for batch in batches:
             take = min(num_samples - seen, batch["input_ids"].shape[0])
             if take <= 0:
                 break
-            inputs = {k: v[:take] for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            if "pixel_values" in batch:
-                # pixel_values hold only the samples that have an image; keep those of the taken rows.
-                has_image = (batch["input_ids"][:take] == model.config.image_token_index).any(dim=1)
-                n_images = int(has_image.sum())
-                if n_images:
-                    inputs["pixel_values"] = batch["pixel_values"][:n_images]
-            current_mask[:] = [inputs.get("attention_mask")]
-            device = next(model.parameters()).device
-            model(**{k: v.to(device) for k, v in inputs.items()})
+            rows.append(sample_aranks(model, batch_inputs(batch, take, model), tol))
             seen += take
             bar.update(take)
-    bar.close()
+    finally:
+        bar.close()
+        model.train(was_training)
     if seen == 0:
-        raise ValueError("no samples to compute ARank on")
-    values = [torch.tensor(v) for v in per_layer]
-    return ARankResult(mean=[float(v.mean()) for v in values],
-                       std=[float(v.std()) if len(v) > 1 else 0.0 for v in values], num_samples=seen, tol=tol)
+        raise ValueError("no samples to compute ARank on (empty data)")
+    values = torch.cat(rows).double()  # (N, L)
+    std = values.std(dim=0) if seen > 1 else torch.zeros(values.shape[1], dtype=values.dtype)
+    return ARankResult(mean=values.mean(dim=0).tolist(), std=std.tolist(), num_samples=seen, tol=tol)
 
 
 def plot_arank(result: ARankResult, path: str | Path, mod_layers: list[int] | None = None) -> None:
+    """Bar plot of ARank per layer (error bars: std over samples); `mod_layers` are drawn in orange."""
     try:
         import matplotlib
 
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")  # files only: works without a display
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError("plotting ARank needs matplotlib: pip install 'gamma-mod[plot]'") from e
+        raise ImportError("plotting ARank needs matplotlib: pip install matplotlib (or 'gamma-mod[plot]')") from e
     layers = list(range(len(result.mean)))
     colours = ["tab:orange" if mod_layers and i in mod_layers else "tab:blue" for i in layers]
     fig, ax = plt.subplots(figsize=(max(4, 0.3 * len(layers)), 3))

@@ -1,52 +1,85 @@
-"""`gamma-mod arank`: per-layer ARank of a (stage-1) model on instruction data."""
+"""`gamma-mod arank`: per-layer ARank of a dense (stage-1) model on instruction data.
+
+Writes the result JSON (`--out`) and a bar plot with the same name and a .png suffix next to it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import logging
 from pathlib import Path
 
 from .analyze import compute_arank, plot_arank
 
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder (with its tokenizer)")
-    parser.add_argument("--data", required=True, help="LLaVA-format JSON")
-    parser.add_argument("--images", help="image folder")
-    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--model", required=True, help="dense model folder (with its tokenizer files)")
+    parser.add_argument("--data", required=True, help="LLaVA-format JSON (instruction data)")
+    parser.add_argument("--images", help="image folder the JSON's image paths are relative to")
+    parser.add_argument("--num-samples", type=int, default=64, help="first N usable records")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--template", default="vicuna_v1")
+    parser.add_argument("--template", default="vicuna_v1", help="conversation template (gamma_mod.data.templates)")
     parser.add_argument("--max-length", type=int, default=4096)
-    parser.add_argument("--tol", type=float, default=None, help="singular values <= tol count as zero (default: torch's)")
+    parser.add_argument("--tol", type=float, default=None,
+                        help="relative rank tolerance: singular values <= tol * max count as zero "
+                             "(default: torch's, T * fp32 eps)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="model weights' dtype (auto: as saved)")
     parser.add_argument("--out", default="arank.json")
 
 
-def load_batches(model_path: str, data: str, images: str | None, template: str, max_length: int, batch_size: int):
+def load_model(model_path: str, device: str | None = None, dtype: str = "auto"):
+    import torch
+
+    from ..model import LlavaLlamaForCausalLM
+
+    kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
+    model = LlavaLlamaForCausalLM.from_pretrained(model_path, **kwargs)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval()
+
+
+def build_loader(model, model_path: str, data: str, images: str | None, template: str, max_length: int,
+                 batch_size: int):
+    """Records in file order (no shuffle: the same N samples every run), bad records skipped."""
     from torch.utils.data import DataLoader
 
     from ..data.dataset import DataCollator, SupervisedDataset
     from ..data.templates import get_template
     from ..data.tokenizer import load_tokenizer
-    from ..model import LlavaLlamaForCausalLM
     from ..model.vision import ImageProcessor
 
-    model = LlavaLlamaForCausalLM.from_pretrained(model_path)
     tokenizer = load_tokenizer(model_path)
     dataset = SupervisedDataset(data, images, tokenizer, ImageProcessor.from_model_config(model.config),
-                                get_template(template), model.config.num_image_tokens, max_length, on_bad_record="skip")
-    collator = DataCollator(tokenizer.pad_token_id)
-    return model, DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+                                get_template(template), model.config.num_image_tokens, max_length,
+                                on_bad_record="skip")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=DataCollator(tokenizer.pad_token_id))
+
+
+def load_batches(model_path: str, data: str, images: str | None, template: str, max_length: int, batch_size: int,
+                 device: str | None = None, dtype: str = "auto"):
+    """(model, DataLoader) for `compute_arank`; also used by gamma_mod.pipeline."""
+    model = load_model(model_path, device, dtype)
+    return model, build_loader(model, model_path, data, images, template, max_length, batch_size)
 
 
 def run(args: argparse.Namespace) -> int:
-    model, loader = load_batches(args.model, args.data, args.images, args.template, args.max_length, args.batch_size)
+    model, loader = load_batches(args.model, args.data, args.images, args.template, args.max_length,
+                                 args.batch_size, args.device, args.dtype)
     result = compute_arank(model, loader, args.num_samples, tol=args.tol)
+    if result.num_samples < args.num_samples:
+        logger.warning("only %d usable samples (asked for %d)", result.num_samples, args.num_samples)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result.save_json(out)
     try:
         plot_arank(result, out.with_suffix(".png"))
     except ImportError as e:
-        print(f"no plot: {e}")
+        logger.warning("no plot: %s", e)
     for i, (m, s) in enumerate(zip(result.mean, result.std)):
         print(f"layer {i:3d}: ARank {m:8.2f} +- {s:.2f}")
     print(f"wrote {out} ({result.num_samples} samples)")

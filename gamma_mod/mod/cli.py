@@ -1,4 +1,12 @@
-"""`gamma-mod convert`: turn a dense model's low-ARank layers into MoD layers and save it."""
+"""`gamma-mod convert`: turn a dense model's low-ARank layers into MoD layers and save it (+ tokenizer).
+
+    gamma-mod convert --model STAGE1 --arank arank.json --routing-ratio 0.34 --out DIR [--k-dense 4]
+    gamma-mod convert --model STAGE1 --layers 1,2,3 --out DIR            # explicit, no ARank needed
+    gamma-mod convert --model STAGE1 --mod-strategy pmod --out DIR       # p-MoD: PRD schedule picks layers
+
+`--strategy` picks the LAYERS (gamma_mod.arank.select); `--mod-strategy` picks the MoD layer kind
+(gamma_mod.mod.strategies: gamma or pmod).
+"""
 
 from __future__ import annotations
 
@@ -6,52 +14,87 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..arank.select import STRATEGIES
+
+# Everything a tokenizer folder may hold (Llama sentencepiece, fast tokenizers, BPE vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="dense (stage-1) model folder")
-    parser.add_argument("--arank", help="arank.json from `gamma-mod arank` (not needed for --strategy pmod or --layers)")
+    parser.add_argument("--arank", help="arank.json from `gamma-mod arank` (not needed with --layers or --mod-strategy pmod)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--routing-ratio", type=float, default=0.5, help="fraction of routable tokens skipped")
-    parser.add_argument("--select", default="topk_dense", choices=["topk_dense", "fraction", "explicit"])
-    parser.add_argument("--k-dense", type=int, default=4)
-    parser.add_argument("--fraction", type=float)
+    parser.add_argument("--routing-ratio", type=float, default=0.5,
+                        help="fraction of routable tokens SKIPPED per MoD layer (checkpoint names' 0.34 / 0.5)")
+    parser.add_argument("--strategy", default=None, choices=STRATEGIES,
+                        help="layer selection (default: explicit with --layers, else topk_dense)")
+    parser.add_argument("--k-dense", type=int, default=4, help="topk_dense: layers kept dense, first/last included")
+    parser.add_argument("--fraction", type=float, help="fraction: share of layers (lowest ARank) made MoD")
     parser.add_argument("--layers", help="comma-separated layer indices (explicit selection)")
-    parser.add_argument("--allow-first-last", action="store_true", help="let the last layer become MoD too")
-    parser.add_argument("--strategy", default="gamma", choices=["gamma", "pmod"])
+    parser.add_argument("--allow-last", action="store_true",
+                        help="let the last layer become MoD (layer 0 always stays dense)")
+    parser.add_argument("--mod-strategy", default="gamma", choices=["gamma", "pmod"], help="MoD layer kind")
     parser.add_argument("--router-aux-loss-coef", type=float, default=0.01)
 
 
-def choose_layers(args: argparse.Namespace) -> list[int] | None:
+def parse_layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"gamma-mod convert: --layers must be comma-separated integers, got {text!r}") from None
+
+
+def choose_layers(args: argparse.Namespace, num_layers: int) -> list[int] | None:
+    """The MoD layer indices of a `num_layers`-layer model, or None when the p-MoD schedule picks them."""
     from ..arank.analyze import ARankResult
     from ..arank.select import select_mod_layers
 
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    if args.strategy == "pmod" and not args.arank and not layers:
-        return None  # progressive ratio decay picks them
-    if layers and args.select == "topk_dense" and not args.arank:
-        return layers
+    layers = parse_layers(args.layers) if args.layers else None
+    strategy = args.strategy or ("explicit" if layers else "topk_dense")
+    if layers and strategy != "explicit":
+        raise SystemExit(f"gamma-mod convert: --layers goes with --strategy explicit, not {strategy}")
+    if strategy == "explicit":
+        if not layers:
+            raise SystemExit("gamma-mod convert: --strategy explicit needs --layers")
+        return select_mod_layers([0.0] * num_layers, "explicit", layers=layers,
+                                 keep_first_last_dense=not args.allow_last)
     if not args.arank:
-        raise SystemExit("gamma-mod convert: --arank is required (or --layers, or --strategy pmod)")
+        if args.mod_strategy == "pmod" and args.strategy is None:
+            return None  # progressive ratio decay picks them
+        raise SystemExit("gamma-mod convert: --arank is required (or --layers, or --mod-strategy pmod)")
     arank = ARankResult.load_json(args.arank).mean
-    return select_mod_layers(arank, strategy="explicit" if layers else args.select, k_dense=args.k_dense,
-                             fraction=args.fraction, layers=layers, keep_first_last_dense=not args.allow_first_last)
+    if len(arank) != num_layers:
+        raise SystemExit(f"gamma-mod convert: {args.arank} has {len(arank)} layers, the model {num_layers}")
+    return select_mod_layers(arank, strategy, k_dense=args.k_dense, fraction=args.fraction,
+                             keep_first_last_dense=not args.allow_last)
+
+
+def copy_tokenizer(source: Path, out: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+            copied.append(name)
+    return copied
 
 
 def run(args: argparse.Namespace) -> int:
-    import gamma_mod  # noqa: F401
     from ..model import LlavaLlamaForCausalLM
     from .convert import convert_to_mod
 
-    layers = choose_layers(args)
     model = LlavaLlamaForCausalLM.from_pretrained(args.model)
-    convert_to_mod(model, layers, routing_ratio=args.routing_ratio, strategy=args.strategy,
+    try:
+        layers = choose_layers(args, model.config.num_hidden_layers)
+    except ValueError as e:
+        raise SystemExit(f"gamma-mod convert: {e}") from None
+    convert_to_mod(model, layers, routing_ratio=args.routing_ratio, strategy=args.mod_strategy,
                    router_aux_loss_coef=args.router_aux_loss_coef)
     out = Path(args.out)
     model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
-        if (Path(args.model) / name).exists():
-            shutil.copy2(Path(args.model) / name, out / name)
+    copied = copy_tokenizer(Path(args.model), out)
     mod = model.config.mod_config()
     print(f"wrote {out}: {len(mod.mod_layers_idx)} of {model.config.num_hidden_layers} layers MoD "
-          f"{mod.mod_layers_idx}, strategy {mod.strategy}, skip ratio {mod.capacity_factor}")
+          f"{mod.mod_layers_idx}, strategy {mod.strategy}, skip ratio {mod.capacity_factor}; "
+          f"tokenizer files: {', '.join(copied) or 'none found'}")
     return 0
