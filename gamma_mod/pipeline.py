@@ -215,26 +215,27 @@ def convert_folder(source: Path, out: Path, layers: list[int] | None, ratio: flo
 
 
 def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples: int, strategy: str) -> list[PipelineReport]:
+    from PIL import Image
+
     from .data.preprocess import encode_prompt
     from .data.templates import get_template
     from .data.tokenizer import load_tokenizer
-    from .eval.answer import generate_answers
+    from .eval.answer import generate_answers, left_pad
     from .eval.scorers import synthetic
-    from .eval.speed import SpeedInputs, measure
-    from .eval.answer import left_pad
+    from .eval.speed import SpeedInputs, alternating_prefill_times
     from .model import LlavaLlamaForCausalLM
     from .model.vision import ImageProcessor
-    from PIL import Image
 
     template = get_template("vicuna_v1")
     questions = synthetic.read_questions(data.stage2_test, data.images)[:eval_samples]
-    rows = []
-    for name, folder in (("dense", dense_dir), (f"MoD ({strategy})", mod_dir)):
+    names = {"dense": dense_dir, f"MoD ({strategy})": mod_dir}
+    models, prompts, accuracy, skipped = {}, {}, {}, {}
+    for name, folder in names.items():
         model = LlavaLlamaForCausalLM.from_pretrained(folder).eval()
         tokenizer = load_tokenizer(str(folder))
         processor = ImageProcessor.from_model_config(model.config)
 
-        def encode(q):
+        def encode(q, model=model, tokenizer=tokenizer, processor=processor):
             with Image.open(q.image) as img:
                 pixels = processor(img)
             return encode_prompt(tokenizer, template, q.text, model.config.num_image_tokens), pixels
@@ -243,13 +244,22 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples:
         answers.unlink(missing_ok=True)
         generate_answers(model, questions, encode, tokenizer, answers, batch_size=16, max_new_tokens=3)
         metrics = synthetic.score(answers, data.stage2_test)
-        batch = [encode(q) for q in questions[:16]]
-        ids, mask = left_pad([b[0] for b in batch], tokenizer.pad_token_id)
-        speed = measure(name, model, SpeedInputs(ids, mask, torch.stack([b[1] for b in batch])),
-                        max_new_tokens=2, repeats=7, warmup=2)
-        mod = model.config.mod_config()
-        rows.append(PipelineReport(name=name, accuracy=metrics["accuracy"],
-                                   prefill_samples_per_s=speed.prefill_samples_per_s,
-                                   skipped_fraction=speed.skip_rate, mod_layers=mod.mod_layers_idx if mod else []))
         logger.info("%s: %s", name, metrics)
+        accuracy[name] = metrics["accuracy"]
+        batch = [encode(q) for q in questions[:32]]
+        ids, mask = left_pad([b[0] for b in batch], tokenizer.pad_token_id)
+        prompts[name] = SpeedInputs(ids, mask, torch.stack([b[1] for b in batch]))
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, pixel_values=prompts[name].pixel_values)
+        stats = model.last_routing_stats
+        routable = sum(r for r, _ in stats.values())
+        skipped[name] = sum(s for _, s in stats.values()) / routable if routable else 0.0
+        models[name] = model
+    seconds = alternating_prefill_times(models, prompts)
+    rows = []
+    for name, model in models.items():
+        mod = model.config.mod_config()
+        rows.append(PipelineReport(name=name, accuracy=accuracy[name],
+                                   prefill_samples_per_s=prompts[name].input_ids.shape[0] / seconds[name],
+                                   skipped_fraction=skipped[name], mod_layers=mod.mod_layers_idx if mod else []))
     return rows

@@ -57,6 +57,29 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def alternating_prefill_times(models: dict[str, torch.nn.Module], inputs: dict[str, SpeedInputs], repeats: int = 15,
+                              warmup: int = 2) -> dict[str, float]:
+    """Median prefill seconds per model, the models timed in turn within each repeat, so a change of
+    machine load during the measurement hits all of them alike (ratios stay meaningful on a shared CPU)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(warmup + repeats):
+        for name, model in models.items():
+            device = next(model.parameters()).device
+            x = inputs[name]
+            kwargs = dict(input_ids=x.input_ids.to(device), attention_mask=x.attention_mask.to(device), use_cache=True,
+                          logits_to_keep=1)
+            if x.pixel_values is not None:
+                kwargs["pixel_values"] = x.pixel_values.to(device=device, dtype=model.dtype)
+            _sync(device)
+            start = time.perf_counter()
+            model(**kwargs)
+            _sync(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def kv_cache_bytes(cache) -> int:
     total = 0
     for layer in getattr(cache, "layers", []):
