@@ -153,3 +153,6 @@ class ModMGMConfig(ModLlavaLlamaConfig):
     Mini-Gemini tower, so it loads into the same model."""
 
     model_type = "mod_mgm"
+
+    def __init__(self, **kwargs) -> None:  # explicit: transformers' config machinery needs an own __init__
+        super().__init__(**kwargs)
