@@ -174,10 +174,12 @@ def test_capture_leaves_the_forward_unchanged_and_removes_its_hooks():
     assert all(not layer.self_attn._forward_pre_hooks for layer in m.model.layers)
 
 
-def test_uniform_layer_gives_length_minus_one_per_sample():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uniform_layer_gives_length_minus_one_per_sample(dtype):
     # q_proj = 0 in layer 1: every score is 0, attention is uniform over the prefix -> rank T_b - 1
-    # for every head (see the uniform test above); samples of 10 and 7 tokens -> 9 and 6.
-    m = model()
+    # for every head (see the uniform test above); samples of 10 and 7 tokens -> 9 and 6. In bf16 too:
+    # the images are cast to the model's dtype and the map is formed in fp32.
+    m = model().to(dtype)
     with torch.no_grad():
         m.model.layers[1].self_attn.q_proj.weight.zero_()
     result = compute_arank(m, [batch_of([ROW_A, ROW_B])], num_samples=2, progress=False)
@@ -348,3 +350,18 @@ def test_convert_cli_output_loads_with_mod_layers(model_folder):
         main(["convert", "--model", str(dense), "--layers", "3", "--out", str(model_folder / "mod3")])
     with pytest.raises(SystemExit, match="--arank is required"):
         main(["convert", "--model", str(dense), "--out", str(model_folder / "mod4")])
+
+
+def test_arank_loader_reads_only_a_pool_of_leading_records(model_folder):
+    from gamma_mod.arank.cli import build_loader, load_model, record_pool
+
+    records = json.loads((model_folder / "data.json").read_text())
+    many = [{**records[i % 3], "id": f"r{i}"} for i in range(record_pool(1) + 5)]
+    many[-1] = {**many[-1], "image": "absent.png"}  # outside the pool: never even checked
+    (model_folder / "many.json").write_text(json.dumps(many))
+    m = load_model(str(model_folder / "dense"), device="cpu")
+    loader = build_loader(m, str(model_folder / "dense"), str(model_folder / "many.json"), str(model_folder),
+                          "vicuna_v1", 4096, 2, num_samples=1)
+    assert len(loader.dataset) == record_pool(1) == 65 and not loader.dataset.skipped
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 1  # records a (image), b (text)
