@@ -179,7 +179,7 @@ def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedI
     text = text.masked_fill(text == config.image_token_index, 3)  # no stray image tokens in the question
     image = torch.full((batch, n_image), config.image_token_index)
     ids = torch.cat([torch.full((batch, 1), config.bos_token_id or 1), image, text], dim=1)
-    size = config.vision_config["image_size"]
+    size = config.image_input_size
     pixels = torch.randn(batch, 3, size, size, generator=g)
     return SpeedInputs(ids, torch.ones_like(ids), pixels)
 

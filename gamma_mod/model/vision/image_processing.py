@@ -22,7 +22,9 @@ class ImageProcessor:
     @classmethod
     def from_model_config(cls, config) -> "ImageProcessor":
         return cls(
-            image_size=config.vision_config["image_size"],
+            # The tower's input resolution: CLIP's image_size, or the high-resolution input of
+            # LLaVA-HR (1024) / Mini-Gemini-HD (1536).
+            image_size=config.image_input_size,
             image_mean=tuple(config.image_mean),
             image_std=tuple(config.image_std),
             aspect_ratio=config.image_aspect_ratio,
