@@ -3,6 +3,7 @@
 import json
 import sys
 
+import pytest
 import yaml
 
 from gamma_mod.cli import main
@@ -39,3 +40,14 @@ def test_pipeline_pmod(tmp_path):
     assert run(tmp_path, "pmod") == 0
     report = json.loads((tmp_path / "run" / "report_pmod.json").read_text())
     assert report["rows"][1]["name"] == "MoD (pmod)"
+
+
+@pytest.mark.parametrize("twin", ["llava_v1_5_tiny", "llava_hr_tiny", "mgm_hd_tiny"])
+def test_pipeline_on_each_base_tiny_twin(tmp_path, twin):
+    """Stage 1, SFT, ARank, conversion, MoD SFT and the report on every base family's tiny twin."""
+    assert main(["pipeline", "--out", str(tmp_path / twin), "--model", twin, "--captions", "8", "--vqa-train", "4",
+                 "--vqa-test", "2", "--max-steps", "2", "--arank-samples", "2", "--eval-samples", "6"]) == 0
+    report = json.loads((tmp_path / twin / "report_gamma.json").read_text())
+    dense, mod = report["rows"]
+    assert mod["mod_layers"] == [1, 2] and mod["skipped_fraction"] > 0.4
+    assert (tmp_path / twin / "arank.json").exists()
