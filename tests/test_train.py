@@ -165,3 +165,17 @@ def test_kill_during_save_leaves_previous_checkpoint(data, spec, tmp_path):
     LlavaLlamaForCausalLM.from_pretrained(out / "checkpoint-2")
     resumed = run_training(_build({**dataclasses.asdict(cfg), "resume": True}))
     assert json.loads((resumed / "complete.json").read_text())["global_step"] == 4
+
+
+def test_lora_finetune_merges_into_a_plain_checkpoint(data, spec, tmp_path):
+    from gamma_mod.model import LlavaLlamaForCausalLM
+
+    s1 = run_training(config(data, spec, tmp_path / "s1", **{"optim.max_steps": 2}))
+    out = run_training(config(data, spec, tmp_path / "lora", stage="finetune", **{
+        "model.init": str(s1), "model.tokenizer": str(s1), "lora": {"enable": True, "r": 4, "alpha": 8},
+        "optim.max_steps": 3}))
+    merged = LlavaLlamaForCausalLM.from_pretrained(out)
+    assert not any("lora" in k for k in merged.state_dict())
+    base = LlavaLlamaForCausalLM.from_pretrained(s1).state_dict()
+    after = merged.state_dict()
+    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
