@@ -1,7 +1,14 @@
 """Image preprocessing for CLIP-style towers with PIL only (no torchvision).
 
-LLaVA-1.5's "pad" aspect mode: pad to a square with the mean colour, resize (bicubic), scale to
-[0, 1] and normalise with the tower's mean/std.
+Reproduces LLaVA's `process_images` (haotian-liu/LLaVA `llava/mm_utils.py`; the same in
+dvlab-research/MGM `mgm/mm_utils.py`) with transformers' `CLIPImageProcessor` set to the tower's
+input size S (Mini-Gemini sets it to `image_size_aux`, LLaVA-HR to `input_image_size`):
+  - "pad": pad to a square with the mean colour (the image centred), resize to S x S (PIL bicubic);
+  - any other `image_aspect_ratio`: resize the shortest edge to S (PIL bicubic, the long edge to
+    int(S * long / short)), then centre-crop S x S (offset (size - S) // 2);
+then scale to [0, 1] and normalise with the tower's mean/std, giving (3, S, S) fp32.
+Mini-Gemini's low-resolution CLIP views are made from this tensor by its tower
+(`vision.mgm.low_res_views`).
 """
 
 from __future__ import annotations
@@ -40,12 +47,25 @@ class ImageProcessor:
         canvas.paste(image, ((side - width) // 2, (side - height) // 2))
         return canvas
 
+    def resize_and_centre_crop(self, image: Image.Image) -> Image.Image:
+        """Shortest edge to S, then the centre S x S (CLIPImageProcessor's resize + center_crop)."""
+        width, height = image.size
+        s = self.image_size
+        if width <= height:
+            size = (s, int(s * height / width))
+        else:
+            size = (int(s * width / height), s)
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        left, top = (size[0] - s) // 2, (size[1] - s) // 2
+        return image.crop((left, top, left + s, top + s))
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, S, S) float tensor."""
         image = image.convert("RGB")
         if self.aspect_ratio == "pad":
-            image = self.pad_to_square(image)
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            image = self.pad_to_square(image).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        else:
+            image = self.resize_and_centre_crop(image)
         data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         pixels = data.view(self.image_size, self.image_size, 3).permute(2, 0, 1).float() / 255.0
         mean = torch.tensor(self.image_mean).view(3, 1, 1)
