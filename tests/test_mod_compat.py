@@ -242,6 +242,24 @@ def test_decode_skip_follows_batch_row_zero_and_caches_nothing(tiny_model):
         assert torch.equal(run_layer(model, layer, single, context(model, 1, 1)), single)
 
 
+def test_mgm_decode_keeps_every_token_at_its_original_position(tiny_model):
+    model = official(tiny_model, official_layout="mgm")
+    layer = model.model.layers[1]
+    steer_router(layer)
+    prompt = hidden([KEEP, 1.0, SKIP, 2.0, KEEP, 3.0, SKIP, KEEP])
+    new = hidden([SKIP], seed=1)  # p < 0.5: the llava_hr rule would skip it; the mgm file never does
+    kept = [0, 1, 3, 4, 5, 7]
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        run_layer(model, layer, prompt, context(model, 1, 8, position_ids=torch.arange(8).view(1, 8)), cache=cache)
+        ctx = context(model, 1, 1, decode=torch.ones(1, 1, dtype=torch.bool), position_ids=torch.tensor([[8]]))
+        out = run_layer(model, layer, new, ctx, cache=cache, start=8)
+        sequence = torch.cat([prompt[:, kept], new], dim=1)
+        expected = reference(model, layer, sequence, list(range(6)) + [8])[:, -1:]
+    assert cache.get_seq_length(1) == 7
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
 def test_cached_decode_equals_uncached_recomputation(tiny_model):
     model = official(tiny_model)
     with torch.no_grad():

@@ -96,8 +96,9 @@ class ModConfig:
     prd_floor: float = 0.15
     # Per-layer skip ratios; filled by strategies with a schedule (p-MoD PRD), else capacity_factor everywhere.
     layer_capacity: dict[int, float] = field(default_factory=dict)
-    # "ours" or "official" (reproduce the released gamma-MoD code, gamma_mod/mod/compat.py); None: "official"
-    # when mod_mode is an official-only value, else "ours".
+    # "ours" or "official" (reproduce the released gamma-MoD code, gamma_mod/mod/compat.py; `prefill`/`decode`
+    # are then the official rules, with prefill_threshold/decode_threshold); None: "official" when mod_mode
+    # is an official-only value, else "ours".
     compat: str | None = None
     # Official mode only. Which official file's rules ("llava_hr" or "mgm") and the fixed routable region
     # (first N positions); None: from the model's vision tower (mgm -> "mgm", else "llava_hr") and the layout.
