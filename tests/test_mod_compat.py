@@ -421,3 +421,11 @@ def test_default_behaviour_is_unchanged(tiny_model):
     mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2]).eval()
     assert not mod.model.layers[1].mod.official and "compat" in mod.config.mod and mod.config.mod["compat"] is None
     assert math.isclose(mod.model.layers[1].mod.skip_ratio(1), 0.5)
+
+
+def test_official_mode_logs_that_capacity_factor_is_not_used(tiny_model, caplog):
+    with caplog.at_level(logging.INFO, logger="gamma_mod.model.llava_llama"):
+        model = convert_to_mod(copy.deepcopy(tiny_model), [1, 2], routing_ratio=0.34, compat="official")
+    assert any(r.levelno == logging.WARNING and "capacity_factor 0.34 is not used" in r.getMessage()
+               for r in caplog.records)
+    assert model.model.layers[1].mod.skip_ratio(1) == 0.5
