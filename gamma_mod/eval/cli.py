@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--score-only", action="store_true", help="score an existing answers.jsonl, generate nothing")
+    parser.add_argument("--compat", choices=["ours", "official"], default=None,
+                        help="MoD behaviour: official reproduces the released gamma-MoD code (use with --batch-size 1); "
+                             "default: the config's")
 
 
 def load_image(question):
@@ -78,11 +81,17 @@ def run(args: argparse.Namespace) -> int:
 
         import gamma_mod  # noqa: F401  registers our model types with the Auto classes
         from ..data.tokenizer import load_tokenizer
+        from ..model.configuration import load_config
         from .answer import generate_answers
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+        config = load_config(args.model, args.compat)
+        model = AutoModelForCausalLM.from_pretrained(args.model, config=config, dtype=dtype).to(device).eval()
+        mod = config.mod_config() if hasattr(config, "mod_config") else None
+        if mod is not None and mod.official and args.batch_size > 1:
+            logger.warning("official compat mode with --batch-size %d: the official decode rule follows batch row 0, "
+                           "so answers depend on the batch; the official numbers use --batch-size 1", args.batch_size)
         tokenizer = load_tokenizer(args.model)
         questions = benchmark.read_questions(data)
         if args.limit is not None:

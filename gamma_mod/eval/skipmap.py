@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question", required=True)
     parser.add_argument("--template", default="vicuna_v1")
     parser.add_argument("--out", default="skip.png")
+    parser.add_argument("--compat", choices=["ours", "official"], default=None,
+                        help="MoD behaviour: ours or official (released gamma-MoD rules); default: the config's")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data.preprocess import encode_prompt
     from ..data.templates import get_template
     from ..data.tokenizer import load_tokenizer
+    from ..model.configuration import load_config
     from ..model.vision import ImageProcessor
 
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, config=load_config(args.model, args.compat))
     tokenizer = load_tokenizer(args.model)
     image = Image.open(args.image)
     ids = encode_prompt(tokenizer, get_template(args.template), args.question, model.config.num_image_tokens)

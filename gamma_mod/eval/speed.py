@@ -169,6 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--compat", choices=["ours", "official"], default=None,
+                        help="MoD behaviour of the --mod models: ours or official (released gamma-MoD rules); "
+                             "default: each config's")
 
 
 def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedInputs:
@@ -188,11 +191,13 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     import gamma_mod  # noqa: F401
+    from ..model.configuration import load_config
 
     dtype = getattr(torch, args.dtype)
     models = {"dense": AutoModelForCausalLM.from_pretrained(args.dense, dtype=dtype).to(args.device)}
     for path in args.mod:
-        models[f"MoD {path}"] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
+        config = load_config(path, args.compat)
+        models[f"MoD {path}"] = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).to(args.device)
     config = models["dense"].config
     if args.data:
         from .prompts import prompts_from_dataset

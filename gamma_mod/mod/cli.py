@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let the last layer become MoD (layer 0 always stays dense)")
     parser.add_argument("--mod-strategy", default="gamma", choices=["gamma", "pmod"], help="MoD layer kind")
     parser.add_argument("--router-aux-loss-coef", type=float, default=0.01)
+    parser.add_argument("--compat", choices=["ours", "official"], default=None,
+                        help="MoD behaviour written to the config: ours (default) or official (the released "
+                             "gamma-MoD code's rules, README 'Default vs official behaviour')")
 
 
 def parse_layers(text: str) -> list[int]:
@@ -88,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         layers = choose_layers(args, model.config.num_hidden_layers)
     except ValueError as e:
         raise SystemExit(f"gamma-mod convert: {e}") from None
+    compat = {"compat": args.compat} if args.compat else {}
     convert_to_mod(model, layers, routing_ratio=args.routing_ratio, strategy=args.mod_strategy,
-                   router_aux_loss_coef=args.router_aux_loss_coef)
+                   router_aux_loss_coef=args.router_aux_loss_coef, **compat)
     out = Path(args.out)
     model.save_pretrained(out)
     copied = copy_tokenizer(Path(args.model), out)

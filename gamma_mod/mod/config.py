@@ -3,6 +3,12 @@
 Field names follow the released gamma-MoD checkpoints (`mod_enable`, `mod_mode`, `mod_layers_idx`,
 `capacity_factor`, `router_aux_loss_coef`) so their config.json files load unchanged; the rest are
 our extensions with defaults that reproduce the official behaviour where one exists.
+
+`compat` picks the behaviour of the MoD layers: "ours" (positions, routable tokens and routing loss
+as in gamma_mod/mod/layer.py) or "official" (the released code's rules, gamma_mod/mod/compat.py).
+Unset, it is "official" exactly when `mod_mode` is a value only the official code writes
+(arank_mod, true, first_half, ...): `sparse` and `dense` are also our own values and keep our meaning.
+`mod_mode` is kept as written (a JSON `true` stays `true`), so saving a loaded folder keeps it.
 """
 
 from __future__ import annotations
@@ -15,13 +21,59 @@ ROUTER_WEIGHTINGS = ("prob", "straight_through", "none")
 PREFILL_MODES = ("topk", "threshold")
 DECODE_MODES = ("dense", "threshold")
 STRATEGIES = ("gamma", "pmod")
+COMPAT_MODES = ("ours", "official")
+# Our meaning: "sparse" routes as configured, "dense" keeps every token (routers still run).
+OUR_MOD_MODES = ("sparse", "dense")
+# Every value the official training (`initialize_mod_modules`) or eval class (`True`) writes. Officially
+# each names a LAYER CHOICE only (used when mod_layers_idx is absent); see `official_layer_choice`.
+OFFICIAL_MOD_MODES = ("arank_mod", "true", "first_half", "second_half", "first_last_dense", "last_two_thirds",
+                      "first_five_dense", "custom", "sparse", "dense")
+# Official layouts: the fixed routable region (first N positions) their files hard-code.
+#   llava_hr  gamma_mod/model/language_model/llava_llama_mod.py: 1024 image tokens + 35 instruction tokens
+#   mgm       gamma_mod/MGM/mgm/model/language_model/mod_mgm_llama.py: 2880 (MGM-HD image tokens)
+OFFICIAL_REGIONS = {"llava_hr": 1024 + 35, "mgm": 2880}
+# The fraction of the region skipped in official training, whatever capacity_factor says.
+OFFICIAL_SKIP_RATIO = 0.5
+
+
+class ModConfigError(ValueError):
+    """A bad `mod` section; the message names the field, the value and what is accepted."""
+
+
+def official_layer_choice(mod_mode: str, num_layers: int) -> list[int] | None:
+    """The MoD layers an official `mod_mode` implies (the official `initialize_mod_modules`), or None
+    for values that imply none (`true`, `custom`: the layers are whatever mod_layers_idx says)."""
+    n = num_layers
+    choices = {
+        "first_half": range(0, n // 2),
+        "second_half": range(n // 2, n - 1),
+        "sparse": range(0, n, 2),
+        "dense": range(n),
+        "first_last_dense": range(1, n - 1),
+        "last_two_thirds": range(n // 3 + 2, n - 1),
+        "first_five_dense": range(5, n - 1),
+        "arank_mod": [i for i in range(n) if i not in {0, 1, 2, n - 1}],
+    }
+    return list(choices[mod_mode]) if mod_mode in choices else None
+
+
+def mod_mode_name(value: Any) -> str:
+    """`mod_mode` as a string: the official eval class writes the boolean True (JSON `true`)."""
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return "true"
+    if not isinstance(value, str) or value not in OFFICIAL_MOD_MODES:
+        raise ModConfigError(
+            f"mod.mod_mode {value!r} (config.json `mod` section) is not an accepted value; accepted: "
+            f"{', '.join(OFFICIAL_MOD_MODES)} (sparse/dense: ours, the rest: written by the official gamma-MoD code)")
+    return value
 
 
 @dataclass
 class ModConfig:
     mod_enable: bool = True
     # "sparse": routed as configured; "dense": routers run (and are trained) but every token is kept.
-    mod_mode: str = "sparse"
+    # The official values (OFFICIAL_MOD_MODES) load too; they name a layer choice (see module docstring).
+    mod_mode: str | bool = "sparse"
     mod_layers_idx: list[int] = field(default_factory=list)
     # Fraction of ROUTABLE tokens that SKIP a MoD layer ("0.34"/"0.5" in the checkpoint names).
     capacity_factor: float = 0.5
@@ -44,30 +96,94 @@ class ModConfig:
     prd_floor: float = 0.15
     # Per-layer skip ratios; filled by strategies with a schedule (p-MoD PRD), else capacity_factor everywhere.
     layer_capacity: dict[int, float] = field(default_factory=dict)
+    # "ours" or "official" (reproduce the released gamma-MoD code, gamma_mod/mod/compat.py; `prefill`/`decode`
+    # are then the official rules, with prefill_threshold/decode_threshold); None: "official" when mod_mode
+    # is an official-only value, else "ours".
+    compat: str | None = None
+    # Official mode only. Which official file's rules ("llava_hr" or "mgm") and the fixed routable region
+    # (first N positions); None: from the model's vision tower (mgm -> "mgm", else "llava_hr") and the layout.
+    official_layout: str | None = None
+    official_region: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mod_mode not in ("sparse", "dense"):
-            raise ValueError(f"mod.mod_mode must be 'sparse' or 'dense', got {self.mod_mode!r}")
+        mode = mod_mode_name(self.mod_mode)
+        if self.compat is not None and self.compat not in COMPAT_MODES:
+            raise ModConfigError(f"mod.compat must be one of {COMPAT_MODES}, got {self.compat!r}")
+        if self.official_layout is not None and self.official_layout not in OFFICIAL_REGIONS:
+            raise ModConfigError(f"mod.official_layout must be one of {tuple(OFFICIAL_REGIONS)}, "
+                                 f"got {self.official_layout!r}")
+        if self.official_region is not None and self.official_region < 1:
+            raise ModConfigError(f"mod.official_region must be a positive token count, got {self.official_region}")
+        if self.official and (self.strategy, self.router_weighting, self.shared_router) != ("gamma", "prob", True):
+            raise ModConfigError(
+                "mod.compat 'official' reproduces gamma-MoD (strategy gamma, router_weighting prob, one shared "
+                f"router); got strategy {self.strategy!r}, router_weighting {self.router_weighting!r}, "
+                f"shared_router {self.shared_router}")
+        if mode in ("true", "custom") and not self.mod_layers_idx and self.mod_enable:
+            raise ModConfigError(f"mod.mod_mode {self.mod_mode!r} implies no layer choice: "
+                                 "mod.mod_layers_idx is required")
         if not 0.0 <= self.capacity_factor < 1.0:
-            raise ValueError(f"mod.capacity_factor (fraction skipped) must be in [0, 1), got {self.capacity_factor}")
+            raise ModConfigError(f"mod.capacity_factor (fraction skipped) must be in [0, 1), got {self.capacity_factor}")
         if self.router_weighting not in ROUTER_WEIGHTINGS:
-            raise ValueError(f"mod.router_weighting must be one of {ROUTER_WEIGHTINGS}, got {self.router_weighting!r}")
+            raise ModConfigError(f"mod.router_weighting must be one of {ROUTER_WEIGHTINGS}, got {self.router_weighting!r}")
         if self.prefill not in PREFILL_MODES:
-            raise ValueError(f"mod.prefill must be one of {PREFILL_MODES}, got {self.prefill!r}")
+            raise ModConfigError(f"mod.prefill must be one of {PREFILL_MODES}, got {self.prefill!r}")
         if self.decode not in DECODE_MODES:
-            raise ValueError(f"mod.decode must be one of {DECODE_MODES}, got {self.decode!r}")
+            raise ModConfigError(f"mod.decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"mod.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ModConfigError(f"mod.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.router_aux_loss_coef < 0:
-            raise ValueError("mod.router_aux_loss_coef must be >= 0")
+            raise ModConfigError("mod.router_aux_loss_coef must be >= 0")
         self.mod_layers_idx = sorted(int(i) for i in (self.mod_layers_idx or []))
         if len(set(self.mod_layers_idx)) != len(self.mod_layers_idx):
-            raise ValueError(f"mod.mod_layers_idx has duplicates: {self.mod_layers_idx}")
+            raise ModConfigError(f"mod.mod_layers_idx has duplicates: {self.mod_layers_idx}")
         # JSON turns int keys into strings; normalise back.
         self.layer_capacity = {int(k): float(v) for k, v in (self.layer_capacity or {}).items()}
 
+    # -- compat -----------------------------------------------------------------------------------
+    @property
+    def auto_official(self) -> bool:
+        """True when `compat` is unset and mod_mode (an official-only value) selects the official mode."""
+        return self.compat is None and mod_mode_name(self.mod_mode) not in OUR_MOD_MODES
+
+    @property
+    def official(self) -> bool:
+        return self.compat == "official" or self.auto_official
+
+    @property
+    def keeps_all_tokens(self) -> bool:
+        """Our "dense" mode: routers run but nothing is skipped (officially "dense" is only a layer choice)."""
+        return not self.official and self.mod_mode == "dense"
+
+    @property
+    def region(self) -> int:
+        """The official fixed routable region (first N positions); official mode only."""
+        if self.official_region is not None:
+            return self.official_region
+        return OFFICIAL_REGIONS[self.official_layout or "llava_hr"]
+
+    def resolve(self, num_hidden_layers: int, vision_tower_type: str | None = None) -> "ModConfig":
+        """A copy with what the model decides filled in: the layer choice an official mod_mode implies
+        (when mod_layers_idx is absent) and, in official mode, the layout from the vision tower."""
+        changes: dict[str, Any] = {}
+        mode = mod_mode_name(self.mod_mode)
+        if not self.mod_layers_idx and (self.official or mode not in OUR_MOD_MODES):
+            implied = official_layer_choice(mode, num_hidden_layers)
+            if implied and 0 in implied:
+                raise ModConfigError(
+                    f"mod.mod_mode {self.mod_mode!r} without mod_layers_idx means MoD layers {implied} in the "
+                    "official code, but layer 0 must stay dense here (it fixes the cache length every dense "
+                    "layer sees): give mod.mod_layers_idx explicitly")
+            if implied:
+                changes["mod_layers_idx"] = implied
+        if self.official and self.official_layout is None:
+            changes["official_layout"] = "mgm" if vision_tower_type == "mgm" else "llava_hr"
+        return dataclasses.replace(self, **changes) if changes else self
+
     def skip_ratio(self, layer_idx: int) -> float:
-        if self.mod_mode == "dense":
+        if self.official:
+            return OFFICIAL_SKIP_RATIO
+        if self.keeps_all_tokens:
             return 0.0
         return self.layer_capacity.get(layer_idx, self.capacity_factor)
 
@@ -81,13 +197,13 @@ class ModConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown keys in the config's mod section: {sorted(unknown)}")
+            raise ModConfigError(f"unknown keys in the config's mod section: {sorted(unknown)}")
         return cls(**data)
 
     def validate_against(self, num_hidden_layers: int) -> None:
         bad = [i for i in self.mod_layers_idx if not 0 <= i < num_hidden_layers]
         if bad:
-            raise ValueError(f"mod.mod_layers_idx {bad} out of range for a model with {num_hidden_layers} layers")
+            raise ModConfigError(f"mod.mod_layers_idx {bad} out of range for a model with {num_hidden_layers} layers")
         if 0 in self.mod_layers_idx:
             # Layer 0 fixes the cache length and the causal mask the dense layers see; it must stay dense.
-            raise ValueError("layer 0 must stay dense (mod.mod_layers_idx contains 0)")
+            raise ModConfigError("layer 0 must stay dense (mod.mod_layers_idx contains 0)")

@@ -9,6 +9,9 @@ Subclasses transformers' `LlamaDecoderLayer` (same parameters, same state-dict n
     h_k     = h_k + attn(norm(h_k))                       causal among kept tokens, padding respected
     h_k     = h_k + w * mlp(norm(h_k))                    w from the strategy (gamma: router prob p, MLP branch)
     h       = scatter(h, keep, h_k)                       skipped tokens pass unchanged (p-MoD: x w)
+
+With `mod.compat: official` the keep rule, the kept tokens' positions (renumbered 0..k-1) and the
+routing-loss scope are the released code's (gamma_mod/mod/compat.py); the rest is shared.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from transformers.models.llama.modeling_llama import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache import append_key_validity, cached_key_validity
+from .compat import (
+    official_decode_tokens,
+    official_inference_keep,
+    official_positions,
+    official_train_keep,
+)
 from .config import ModConfig
 from .routing import (
     TokenSelection,
@@ -56,12 +65,19 @@ class ModForwardContext:
     decode:         (B, T) tokens being generated (decode rule applies), or None.
     attention_mask: (B, T) 1 for real tokens of THIS forward's inputs, or None.
     stats:          filled by each MoD layer, keyed by layer index (a recompute overwrites).
+    Official compat mode only (gamma_mod/mod/compat.py):
+    rotary:         the model's rotary embedding, `rotary(x, position_ids) -> (cos, sin)`, for renumbered positions.
+    position_ids:   (B or 1, T) original positions (mgm decode tokens keep theirs).
+    labels:         (B, T) training labels (the mgm layout's text-only rule), or None.
     """
 
     routable: torch.Tensor
     decode: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     stats: dict[int, LayerRoutingStats] = field(default_factory=dict)
+    rotary: Callable | None = None
+    position_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     def routing_loss(self) -> torch.Tensor | None:
         losses = [s.loss for s in self.stats.values() if s.loss is not None]
@@ -87,12 +103,44 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)
         else:
             keep = topk_keep_mask(score, routable, ratio)
-        if ctx.decode is not None and self.mod.decode == "threshold" and self.mod.mod_mode == "sparse":
+        if ctx.decode is not None and self.mod.decode == "threshold" and not self.mod.keeps_all_tokens:
             # Official decode rule: a generated token skips the layer when its score is below 0.5.
             keep = keep & ~(ctx.decode & (score < self.mod.decode_threshold))
-        if self.mod.mod_mode == "dense":
+        if self.mod.keeps_all_tokens:
             keep = torch.ones_like(keep)
         return selection_from_keep_mask(keep)
+
+    def select_tokens_official(self, logits: torch.Tensor, ctx: ModForwardContext) -> tuple[TokenSelection, torch.Tensor]:
+        """The released code's selection (compat official) and the tokens that competed in it."""
+        score = self.strategy.selection_score(logits)
+        layout = self.mod.official_layout or "llava_hr"
+        if self.training:
+            keep, competing = official_train_keep(score, self.mod.region, layout, ctx.labels)
+        else:
+            decode = official_decode_tokens(ctx.decode, tuple(score.shape), score.device)
+            keep, competing = official_inference_keep(
+                score, decode, layout, self.mod.prefill_threshold, self.mod.decode_threshold)
+        if ctx.attention_mask is not None:
+            competing = competing & ctx.attention_mask.bool()
+        return selection_from_keep_mask(keep), competing
+
+    def official_position_embeddings(
+        self, hidden: torch.Tensor, selection: TokenSelection, ctx: ModForwardContext, cache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) at the kept tokens' renumbered positions (B, K, D)."""
+        if ctx.rotary is None:
+            raise ValueError(f"MoD layer {self.layer_idx}: mod.compat 'official' needs ModForwardContext.rotary "
+                             "(the model's rotary embedding) for renumbered positions")
+        keep_real = selection.keep
+        if ctx.attention_mask is not None:
+            keep_real = keep_real & ctx.attention_mask.bool()
+        past_valid = cached_key_validity(cache, self.layer_idx) if cache is not None else None
+        past_kept = past_valid.sum(dim=1) if past_valid is not None else None
+        original_at = None
+        if self.mod.official_layout == "mgm" and not self.training:
+            original_at = official_decode_tokens(ctx.decode, tuple(keep_real.shape), keep_real.device)
+        positions = official_positions(keep_real, past_kept, ctx.position_ids, original_at)
+        return ctx.rotary(hidden, gather_tokens(positions, selection.index))
 
     def routing_loss(self, logits: torch.Tensor, keep: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
         """2-way cross-entropy of the router against this layer's own keep decision, routable tokens only."""
@@ -173,11 +221,17 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         ctx = mod_context
         normed = self.input_layernorm(hidden_states)
         logits = self.router(self.strategy.router_input(hidden_states, normed))  # (B, T, 2) fp32
-        selection = self.select_tokens(logits, ctx)
         routable = ctx.routable
-        loss = self.routing_loss(logits, selection.keep, routable) if torch.is_grad_enabled() else None
+        if self.mod.official:
+            selection, competing = self.select_tokens_official(logits, ctx)
+            # Official routing loss: every one of the B x T tokens, question and padding included.
+            loss_scope = torch.ones_like(selection.keep)
+        else:
+            selection = self.select_tokens(logits, ctx)
+            competing = loss_scope = routable
+        loss = self.routing_loss(logits, selection.keep, loss_scope) if torch.is_grad_enabled() else None
         ctx.stats[self.layer_idx] = LayerRoutingStats(
-            routable=int(routable.sum()), skipped=int((routable & ~selection.keep).sum()), loss=loss,
+            routable=int(competing.sum()), skipped=int((competing & ~selection.keep).sum()), loss=loss,
             keep=selection.keep.detach(),
         )
 
@@ -186,12 +240,15 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             # Every token of this step skips the layer (threshold decode): nothing to attend, nothing cached.
             scale = self.strategy.skipped_scale(logits, routable)
             return hidden_states if scale is None else hidden_states * scale.unsqueeze(-1).to(hidden_states.dtype)
-        cos, sin = position_embeddings
-        if cos.shape[0] != hidden_states.shape[0]:
-            cos, sin = cos.expand(hidden_states.shape[0], -1, -1), sin.expand(hidden_states.shape[0], -1, -1)
-        # Gather RoPE tables at the kept tokens' ORIGINAL positions (never renumbered).
-        cos_sin = (gather_tokens(cos, idx), gather_tokens(sin, idx))
         h = gather_tokens(hidden_states, idx)  # (B, K, C)
+        if self.mod.official:
+            cos_sin = self.official_position_embeddings(h, selection, ctx, cache)
+        else:
+            cos, sin = position_embeddings
+            if cos.shape[0] != hidden_states.shape[0]:
+                cos, sin = cos.expand(hidden_states.shape[0], -1, -1), sin.expand(hidden_states.shape[0], -1, -1)
+            # Gather RoPE tables at the kept tokens' ORIGINAL positions (never renumbered).
+            cos_sin = (gather_tokens(cos, idx), gather_tokens(sin, idx))
         h = h + self.attend_selected(gather_tokens(normed, idx), cos_sin, selection, ctx, cache)
         mlp_out = self.mlp(self.post_attention_layernorm(h))
         weight = self.strategy.kept_mlp_weight(gather_tokens(logits, idx), gather_tokens(routable, idx))

@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, LlamaConfig
 
-from ..mod.config import ModConfig
+from ..mod.config import ModConfig, ModConfigError
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 VISION_TOWER_TYPES = ("clip", "llava_hr", "mgm")
@@ -108,10 +108,22 @@ class LlavaLlamaConfig(LlamaConfig):
         return CLIPVisionConfig(**self.vision_config) if self.vision_config else None
 
     def mod_config(self) -> ModConfig | None:
+        """The resolved `mod` section: an official mod_mode's implied layer choice and, in official
+        compat mode, the layout of this model's vision tower filled in. `self.mod` stays as written."""
         mod = ModConfig.from_dict(self.mod)
         if mod is not None:
+            mod = mod.resolve(self.num_hidden_layers, self.vision_tower_type)
             mod.validate_against(self.num_hidden_layers)
         return mod
+
+    def set_mod_compat(self, compat: str | None) -> None:
+        """Override `mod.compat` ("ours" / "official"; None leaves the config as it is)."""
+        if compat is None:
+            return
+        if self.mod is None:
+            raise ModConfigError(f"--compat {compat}: the model has no MoD layers (no `mod` section in its config)")
+        self.mod = {**self.mod, "compat": compat}
+        self.mod_config()
 
     @property
     def num_image_tokens(self) -> int:
@@ -156,3 +168,21 @@ class ModMGMConfig(ModLlavaLlamaConfig):
 
     def __init__(self, **kwargs) -> None:  # explicit: transformers' config machinery needs an own __init__
         super().__init__(**kwargs)
+
+
+def load_config(folder, compat: str | None = None) -> LlavaLlamaConfig:
+    """`AutoConfig.from_pretrained(folder)` with `mod.compat` overridden; a bad `mod` section is an error
+    naming the folder's config.json."""
+    import os
+
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        if isinstance(config, LlavaLlamaConfig):
+            config.set_mod_compat(compat)
+        elif compat is not None:
+            raise ModConfigError(f"--compat {compat}: model_type {config.model_type!r} is not a gamma-mod model")
+    except ModConfigError as e:
+        raise ModConfigError(f"{os.path.join(str(folder), 'config.json')}: {e}") from None
+    return config

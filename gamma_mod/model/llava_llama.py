@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .projector import build_projector
 from .vision.factory import build_vision_tower, owning_submodel
 
 ROUTER_KEY_SUFFIX = ".router.weight"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +53,14 @@ def build_decoder_layers(config: LlavaLlamaConfig) -> nn.ModuleList:
     mod = config.mod_config()
     if mod is None:
         return nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+    if mod.official:
+        why = f"mod.mod_mode {mod.mod_mode!r} is an official gamma-MoD value" if mod.auto_official else "mod.compat"
+        logger.info("MoD layers %s follow the official gamma-MoD code (%s layout, routable region %d, skip ratio "
+                    "%.1f; %s); set mod.compat to 'ours' for our default", mod.mod_layers_idx, mod.official_layout,
+                    mod.region, mod.skip_ratio(0), why)
+        if mod.capacity_factor != mod.skip_ratio(0):
+            logger.warning("mod.capacity_factor %s is not used in official compat mode: the official code skips "
+                           "a fixed %.1f of the routable region in training", mod.capacity_factor, mod.skip_ratio(0))
     strategy = build_strategy(mod)
     if not mod.layer_capacity:
         # Strategies with a per-layer schedule (p-MoD PRD) fill it; gamma uses capacity_factor everywhere.
@@ -116,6 +126,7 @@ class GammaLlamaModel(LlamaModel):
         pixel_values: torch.Tensor | None = None,
         mod_decode_start: int | None = None,
         routable_mask: torch.Tensor | None = None,
+        mod_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> GammaModelOutput:
         if cache is None:
@@ -156,7 +167,8 @@ class GammaLlamaModel(LlamaModel):
                 decode = (absolute >= mod_decode_start).unsqueeze(0).expand(batch, -1)
                 if step_mask is not None:
                     decode = decode & step_mask.bool()
-            mod_context = ModForwardContext(routable=routable_mask.bool(), decode=decode, attention_mask=step_mask)
+            mod_context = ModForwardContext(routable=routable_mask.bool(), decode=decode, attention_mask=step_mask,
+                                            rotary=self.rotary_emb, position_ids=position_ids, labels=mod_labels)
 
         hidden = inputs_embeds
         for layer in self.layers:
@@ -247,7 +259,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, pixel_values=pixel_values,
-            mod_decode_start=mod_decode_start, **kwargs,
+            mod_decode_start=mod_decode_start, mod_labels=labels, **kwargs,
         )
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
