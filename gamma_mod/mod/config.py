@@ -15,6 +15,7 @@ ROUTER_WEIGHTINGS = ("prob", "straight_through", "none")
 PREFILL_MODES = ("topk", "threshold")
 DECODE_MODES = ("dense", "threshold")
 STRATEGIES = ("gamma", "pmod")
+PRD_SCHEDULES = ("shiftedcos", "shiftedlinear")
 
 
 @dataclass
@@ -27,8 +28,9 @@ class ModConfig:
     capacity_factor: float = 0.5
     router_aux_loss_coef: float = 0.01
     strategy: str = "gamma"
-    # One router shared by every MoD layer (the paper's shared vision-language router) or one per layer.
-    shared_router: bool = True
+    # One router shared by every MoD layer (the paper's shared vision-language router) or one per layer;
+    # None: the strategy's own choice (gamma: shared; pmod: one per layer, as the official p-MoD).
+    shared_router: bool | None = None
     # How the router probability p enters the kept tokens' update (always on the MLP branch):
     #   prob             h + attn; then + p * mlp            (official gamma-MoD)
     #   straight_through value of p / p.detach() == 1, gradient of p: exact dense output when all kept
@@ -38,10 +40,17 @@ class ModConfig:
     decode: str = "dense"
     prefill_threshold: float = 0.005  # official threshold mode: prefill keeps p > this
     decode_threshold: float = 0.5  # official threshold mode: a new token is skipped when p < this
-    # p-MoD knobs (strategy "pmod"): TanhNorm scale and progressive ratio decay (PRD) schedule.
+    # p-MoD knobs (strategy "pmod"); MCG-NJU/p-MoD's names in brackets. TanhNorm w = pmod_alpha * tanh(r) + 1
+    # [mod_weight_norm "tanh_0.2_1"]. PRD [mod_target_layers "{prd_schedule}_decay_{prd_dense_above}_{prd_floor}"]:
+    # retention(l) = shiftedcos: cos(pi l / D) / 2 + prd_average_ratio, shiftedlinear: 0.5 - l / D + prd_average_ratio
+    # [mod_router_factor], layers with retention > prd_dense_above stay dense, the rest keep max(retention, prd_floor).
+    # D = prd_divisor, or num_hidden_layers - 1 when None (ours; the official hard-codes 31, equal at 32 layers).
     pmod_alpha: float = 0.2
+    prd_schedule: str = "shiftedcos"
+    prd_average_ratio: float = 0.5
     prd_dense_above: float = 0.85
     prd_floor: float = 0.15
+    prd_divisor: int | None = None
     # Per-layer skip ratios; filled by strategies with a schedule (p-MoD PRD), else capacity_factor everywhere.
     layer_capacity: dict[int, float] = field(default_factory=dict)
 
@@ -60,6 +69,12 @@ class ModConfig:
             raise ValueError(f"mod.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.router_aux_loss_coef < 0:
             raise ValueError("mod.router_aux_loss_coef must be >= 0")
+        if self.shared_router is None:
+            self.shared_router = self.strategy == "gamma"
+        if self.prd_schedule not in PRD_SCHEDULES:
+            raise ValueError(f"mod.prd_schedule must be one of {PRD_SCHEDULES}, got {self.prd_schedule!r}")
+        if self.prd_divisor is not None and self.prd_divisor <= 0:
+            raise ValueError(f"mod.prd_divisor must be a positive layer count or null, got {self.prd_divisor}")
         self.mod_layers_idx = sorted(int(i) for i in (self.mod_layers_idx or []))
         if len(set(self.mod_layers_idx)) != len(self.mod_layers_idx):
             raise ValueError(f"mod.mod_layers_idx has duplicates: {self.mod_layers_idx}")

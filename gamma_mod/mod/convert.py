@@ -8,7 +8,7 @@ from typing import Any
 from ..model.llava_llama import LlavaLlamaForCausalLM, build_decoder_layers
 from .config import ModConfig
 from .layer import MoDDecoderLayer
-from .strategies import prd_retention
+from .strategies import prd_retention_for
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def convert_to_mod(
             raise ValueError("convert_to_mod needs `layers` (e.g. from select_mod_layers on an ARank vector); "
                              "only strategy='pmod' picks them itself (progressive ratio decay)")
         probe = ModConfig(strategy="pmod", **{k: v for k, v in mod_options.items() if k.startswith("prd_")})
-        layers = [i for i in prd_retention(config.num_hidden_layers, probe.prd_dense_above, probe.prd_floor) if i != 0]
+        # Layer 0 stays dense even where the schedule would route it (see PModStrategy).
+        layers = [i for i in prd_retention_for(probe, config.num_hidden_layers) if i != 0]
     if config.mod_config() is not None:
         raise ValueError(f"model already has MoD layers {config.mod_config().mod_layers_idx}; convert a dense model")
     mod = ModConfig(

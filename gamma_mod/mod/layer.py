@@ -86,7 +86,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         if self.mod.prefill == "threshold" and not self.training:
             keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)
         else:
-            keep = topk_keep_mask(score, routable, ratio)
+            keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask)
         if ctx.decode is not None and self.mod.decode == "threshold" and self.mod.mod_mode == "sparse":
             # Official decode rule: a generated token skips the layer when its score is below 0.5.
             keep = keep & ~(ctx.decode & (score < self.mod.decode_threshold))
@@ -172,10 +172,11 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             cache = kwargs.get("past_key_values")
         ctx = mod_context
         normed = self.input_layernorm(hidden_states)
-        logits = self.router(self.strategy.router_input(hidden_states, normed))  # (B, T, 2) fp32
+        logits = self.router(self.strategy.router_input(hidden_states, normed))  # gamma (B, T, 2) fp32; pmod (B, T)
         selection = self.select_tokens(logits, ctx)
         routable = ctx.routable
-        loss = self.routing_loss(logits, selection.keep, routable) if torch.is_grad_enabled() else None
+        with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
+        loss = self.routing_loss(logits, selection.keep, routable) if with_loss else None
         ctx.stats[self.layer_idx] = LayerRoutingStats(
             routable=int(routable.sum()), skipped=int((routable & ~selection.keep).sum()), loss=loss,
             keep=selection.keep.detach(),
