@@ -197,3 +197,17 @@ def test_pmod_conversion_without_arank_uses_prd(tiny_model):
     assert mod.layer_capacity[2] == pytest.approx(1 - prd_retention(8)[2])
     with pytest.raises(ValueError, match="needs `layers`"):
         convert_to_mod(LlavaLlamaForCausalLM(config), None)
+
+
+def test_folder_with_the_old_two_logit_router_is_an_error(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from gamma_mod.model import LlavaLlamaForCausalLM
+
+    convert_to_mod(copy.deepcopy(tiny_model), [1], strategy="pmod").save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state = {k: v for k, v in state.items() if ".router." not in k}
+    state["model.layers.1.router.weight"] = torch.zeros(2, 64)  # our earlier p-MoD router layout
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"router tensors \['model.layers.1.router.weight'\].*pmod"):
+        LlavaLlamaForCausalLM.from_pretrained(tmp_path)

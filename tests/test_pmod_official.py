@@ -274,3 +274,45 @@ def test_bf16_keep_mask_equals_official_bf16_formula():
             assert torch.equal(ctx.stats[1].keep[b, real], expected)
             ties += len(s[row_target]) - len(torch.unique(s[row_target]))
     assert ties > 0, "the bf16 case must exercise ties"
+
+
+# -- official config and state-dict layout ---------------------------------------------------------------
+OFFICIAL_CONFIG = {  # scripts/train/finetune_eval_7b_pmod_llava_1_5.sh
+    "mod_target_layers": "shiftedcos_decay_0.85_0.15", "mod_target_token_type": "vision_all",
+    "mod_router_factor": 0.5, "mod_weight_norm": "tanh_0.2_1", "mod_bias_enabled": True, "mod_special_init": True,
+}
+
+
+def test_official_config_translates_to_the_same_layers_and_ratios():
+    from gamma_mod.mod.convert import pmod_config_from_official
+
+    mod = pmod_config_from_official(OFFICIAL_CONFIG, 32)
+    assert mod.strategy == "pmod" and not mod.shared_router and mod.pmod_alpha == 0.2
+    assert mod.mod_layers_idx == list(range(8, 32))
+    assert all(1.0 - mod.skip_ratio(i) == pytest.approx(official_ratio(i), abs=1e-15) for i in range(8, 32))
+    # The official divides by 31 at any depth: 16 layers -> layers 8-15 with the 32-layer ratios.
+    short = pmod_config_from_official(OFFICIAL_CONFIG, 16)
+    assert short.mod_layers_idx == list(range(8, 16))
+    assert 1.0 - short.skip_ratio(8) == pytest.approx(0.8444834595378433, abs=1e-15)
+    fixed = pmod_config_from_official({**OFFICIAL_CONFIG, "mod_target_layers": "deep_all", "mod_router_factor": 0.3}, 6)
+    assert fixed.mod_layers_idx == [2, 3, 4] and all(fixed.skip_ratio(i) == pytest.approx(0.7) for i in (2, 3, 4))
+    for bad, match in [({"mod_target_token_type": "all"}, "vision_all"), ({"mod_weight_norm": "sigmoid"}, "tanh"),
+                       ({"mod_bias_enabled": False}, "bias"), ({"mod_target_layers": "every_other"}, "mod_target_layers")]:
+        with pytest.raises(ValueError, match=match):
+            pmod_config_from_official({**OFFICIAL_CONFIG, **bad}, 32)
+
+
+def test_official_state_dict_layout_round_trip():
+    from gamma_mod.mod.convert import pmod_state_dict_from_official, pmod_state_dict_to_official
+
+    model, layer = pmod_layer("random")
+    ours = model.state_dict()
+    official = pmod_state_dict_to_official(ours, [1])
+    assert "model.layers.1.decoder_layer.self_attn.q_proj.weight" in official
+    assert "model.layers.1.router.router.weight" in official and "model.layers.1.router.router.bias" in official
+    assert "model.layers.2.self_attn.q_proj.weight" in official and "model.layers.10.mlp.up_proj.weight" not in official
+    back = pmod_state_dict_from_official(official, [1])
+    assert back.keys() == ours.keys() and all(back[k] is ours[k] for k in ours)
+    fresh, _ = pmod_layer("saturated_high")
+    fresh.load_state_dict(back, strict=True)
+    assert torch.equal(fresh.model.layers[1].router.router.bias, layer.router.router.bias)

@@ -219,7 +219,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if isinstance(model, LlavaLlamaForCausalLM) and os.path.isdir(str(pretrained_model_name_or_path)):
-            model.tie_router_copies(read_router_weights(str(pretrained_model_name_or_path)))
+            router_weights = read_router_weights(str(pretrained_model_name_or_path))
+            foreign = sorted(set(router_weights) - {k for k in model.state_dict() if is_router_key(k)})
+            if foreign:
+                # e.g. a p-MoD folder from before the official Linear(hidden, 1, bias) router: nothing would load.
+                mod = model.config.mod_config()
+                raise ValueError(f"{pretrained_model_name_or_path}: router tensors {foreign[:2]} ({len(foreign)} in all) "
+                                 f"do not belong to this model's {mod.strategy if mod else 'dense'} layers")
+            model.tie_router_copies(router_weights)
         return model
 
     def tie_router_copies(self, router_weights: dict[str, torch.Tensor]) -> None:
