@@ -180,7 +180,7 @@ def test_per_layer_routers_option(tiny_model):
 def test_generation_with_cache_equals_without(tiny_model, mode, strategy):
     mod = mod_model(tiny_model, ratio=0.5, strategy=strategy, **mode)
     if strategy == "pmod":  # a trained p-MoD router is not zero; make routing non-trivial
-        torch.nn.init.normal_(mod.model.layers[1].router.weight, std=0.5)
+        torch.nn.init.normal_(next(mod.model.layers[1].router.parameters()), std=0.5)
     ids, mask, pixels = multimodal_batch(batch=2, padding_side="left")
     kwargs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=8, do_sample=False)
     with_cache = mod.generate(**kwargs)

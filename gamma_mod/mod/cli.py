@@ -98,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
     model.save_pretrained(out)
     copied = copy_tokenizer(Path(args.model), out)
     mod = model.config.mod_config()
+    if mod.layer_capacity:  # a per-layer schedule (p-MoD PRD): the fraction each MoD layer keeps
+        ratios = "retention " + " ".join(f"{i}:{1.0 - mod.skip_ratio(i):.4f}" for i in mod.mod_layers_idx)
+    else:
+        ratios = f"skip ratio {mod.capacity_factor}"
     print(f"wrote {out}: {len(mod.mod_layers_idx)} of {model.config.num_hidden_layers} layers MoD "
-          f"{mod.mod_layers_idx}, strategy {mod.strategy}, skip ratio {mod.capacity_factor}; "
+          f"{mod.mod_layers_idx}, strategy {mod.strategy}, {ratios}; "
           f"tokenizer files: {', '.join(copied) or 'none found'}")
     return 0

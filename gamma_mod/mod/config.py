@@ -66,6 +66,7 @@ def mod_mode_name(value: Any) -> str:
             f"mod.mod_mode {value!r} (config.json `mod` section) is not an accepted value; accepted: "
             f"{', '.join(OFFICIAL_MOD_MODES)} (sparse/dense: ours, the rest: written by the official gamma-MoD code)")
     return value
+PRD_SCHEDULES = ("shiftedcos", "shiftedlinear")
 
 
 @dataclass
@@ -79,8 +80,9 @@ class ModConfig:
     capacity_factor: float = 0.5
     router_aux_loss_coef: float = 0.01
     strategy: str = "gamma"
-    # One router shared by every MoD layer (the paper's shared vision-language router) or one per layer.
-    shared_router: bool = True
+    # One router shared by every MoD layer (the paper's shared vision-language router) or one per layer;
+    # None: the strategy's own choice (gamma: shared; pmod: one per layer, as the official p-MoD).
+    shared_router: bool | None = None
     # How the router probability p enters the kept tokens' update (always on the MLP branch):
     #   prob             h + attn; then + p * mlp            (official gamma-MoD)
     #   straight_through value of p / p.detach() == 1, gradient of p: exact dense output when all kept
@@ -90,10 +92,17 @@ class ModConfig:
     decode: str = "dense"
     prefill_threshold: float = 0.005  # official threshold mode: prefill keeps p > this
     decode_threshold: float = 0.5  # official threshold mode: a new token is skipped when p < this
-    # p-MoD knobs (strategy "pmod"): TanhNorm scale and progressive ratio decay (PRD) schedule.
+    # p-MoD knobs (strategy "pmod"); MCG-NJU/p-MoD's names in brackets. TanhNorm w = pmod_alpha * tanh(r) + 1
+    # [mod_weight_norm "tanh_0.2_1"]. PRD [mod_target_layers "{prd_schedule}_decay_{prd_dense_above}_{prd_floor}"]:
+    # retention(l) = shiftedcos: cos(pi l / D) / 2 + prd_average_ratio, shiftedlinear: 0.5 - l / D + prd_average_ratio
+    # [mod_router_factor], layers with retention > prd_dense_above stay dense, the rest keep max(retention, prd_floor).
+    # D = prd_divisor, or num_hidden_layers - 1 when None (ours; the official hard-codes 31, equal at 32 layers).
     pmod_alpha: float = 0.2
+    prd_schedule: str = "shiftedcos"
+    prd_average_ratio: float = 0.5
     prd_dense_above: float = 0.85
     prd_floor: float = 0.15
+    prd_divisor: int | None = None
     # Per-layer skip ratios; filled by strategies with a schedule (p-MoD PRD), else capacity_factor everywhere.
     layer_capacity: dict[int, float] = field(default_factory=dict)
     # "ours" or "official" (reproduce the released gamma-MoD code, gamma_mod/mod/compat.py; `prefill`/`decode`
@@ -107,6 +116,8 @@ class ModConfig:
 
     def __post_init__(self) -> None:
         mode = mod_mode_name(self.mod_mode)
+        if self.shared_router is None:  # the strategy decides: gamma shares one router, p-MoD has one per layer
+            self.shared_router = self.strategy == "gamma"
         if self.compat is not None and self.compat not in COMPAT_MODES:
             raise ModConfigError(f"mod.compat must be one of {COMPAT_MODES}, got {self.compat!r}")
         if self.official_layout is not None and self.official_layout not in OFFICIAL_REGIONS:
@@ -134,6 +145,10 @@ class ModConfig:
             raise ModConfigError(f"mod.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.router_aux_loss_coef < 0:
             raise ModConfigError("mod.router_aux_loss_coef must be >= 0")
+        if self.prd_schedule not in PRD_SCHEDULES:
+            raise ModConfigError(f"mod.prd_schedule must be one of {PRD_SCHEDULES}, got {self.prd_schedule!r}")
+        if self.prd_divisor is not None and self.prd_divisor <= 0:
+            raise ModConfigError(f"mod.prd_divisor must be a positive layer count or null, got {self.prd_divisor}")
         self.mod_layers_idx = sorted(int(i) for i in (self.mod_layers_idx or []))
         if len(set(self.mod_layers_idx)) != len(self.mod_layers_idx):
             raise ModConfigError(f"mod.mod_layers_idx has duplicates: {self.mod_layers_idx}")

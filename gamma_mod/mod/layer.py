@@ -42,7 +42,6 @@ from .routing import (
     scatter_tokens,
     selection_from_keep_mask,
     threshold_keep_mask,
-    topk_keep_mask,
 )
 from .strategies import RoutingStrategy
 
@@ -102,7 +101,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         if self.mod.prefill == "threshold" and not self.training:
             keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)
         else:
-            keep = topk_keep_mask(score, routable, ratio)
+            keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask)
         if ctx.decode is not None and self.mod.decode == "threshold" and not self.mod.keeps_all_tokens:
             # Official decode rule: a generated token skips the layer when its score is below 0.5.
             keep = keep & ~(ctx.decode & (score < self.mod.decode_threshold))
@@ -220,7 +219,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             cache = kwargs.get("past_key_values")
         ctx = mod_context
         normed = self.input_layernorm(hidden_states)
-        logits = self.router(self.strategy.router_input(hidden_states, normed))  # (B, T, 2) fp32
+        logits = self.router(self.strategy.router_input(hidden_states, normed))  # gamma (B, T, 2) fp32; pmod (B, T)
         routable = ctx.routable
         if self.mod.official:
             selection, competing = self.select_tokens_official(logits, ctx)
@@ -229,7 +228,8 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         else:
             selection = self.select_tokens(logits, ctx)
             competing = loss_scope = routable
-        loss = self.routing_loss(logits, selection.keep, loss_scope) if torch.is_grad_enabled() else None
+        with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
+        loss = self.routing_loss(logits, selection.keep, loss_scope) if with_loss else None
         ctx.stats[self.layer_idx] = LayerRoutingStats(
             routable=int(competing.sum()), skipped=int((competing & ~selection.keep).sum()), loss=loss,
             keep=selection.keep.detach(),

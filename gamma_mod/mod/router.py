@@ -1,4 +1,14 @@
-"""The MoD router: scores each token for "go through this layer" vs "skip it"."""
+"""MoD routers: score each token for "go through this layer" vs "skip it".
+
+    TokenRouter  gamma-MoD  Linear(hidden, 2, bias=False), logits (B, T, 2) in fp32   state dict: router.weight
+    PModRouter   p-MoD      Linear(hidden, 1, bias=True), logit (B, T) in the input's dtype
+                            state dict: router.router.weight (1, C), router.router.bias (1,)
+
+The p-MoD names and parameterisation are those of MCG-NJU/p-MoD
+(llava/model/language_model/pmod_llava_llama.py: `ModLayer.router = TokenRouter(config)` holding
+`self.router = nn.Linear(hidden_size, 1, bias=mod_bias_enabled)`, zero-initialised with
+`mod_special_init`; the released recipe enables both), so its router tensors load and save unchanged.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +19,7 @@ from torch import nn
 class TokenRouter(nn.Module):
     """`Linear(hidden, 2, bias=False)`; score = softmax(logits)[..., 1] (the official gamma-MoD design).
 
-    With `zero_init` (p-MoD) both logits start at 0, so the router starts neutral.
+    With `zero_init` both logits start at 0, so the router starts neutral.
     """
 
     def __init__(self, hidden_size: int, zero_init: bool = False) -> None:
@@ -27,3 +37,31 @@ class TokenRouter(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> router logits (B, T, 2), computed in fp32 for a stable softmax/top-k."""
         return nn.functional.linear(hidden_states.float(), self.weight.float())
+
+
+class ZeroInitLinear(nn.Linear):
+    """A Linear whose weight and bias start at exactly 0 (p-MoD `mod_special_init`).
+
+    Its own class so that the model's weight initialisation can tell it from the other Linears.
+    """
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class PModRouter(nn.Module):
+    """p-MoD router: one logit per token, `Linear(hidden, 1, bias=True)`, zero-initialised.
+
+    Computed in the input's dtype like the official `nn.Linear` (bf16 training gives bf16 logits and
+    TanhNorm weights, with the ties that brings; see PModStrategy).
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.router = ZeroInitLinear(hidden_size, 1, bias=True)  # named as in the official state dict
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> router logit (B, T)."""
+        return self.router(hidden_states.to(self.router.weight.dtype)).squeeze(-1)

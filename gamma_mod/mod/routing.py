@@ -62,6 +62,31 @@ def topk_keep_mask(scores: torch.Tensor, routable: torch.Tensor, skip_ratio: flo
     return keep_routable | ~routable
 
 
+def truncated_keep_count(n_routable: torch.Tensor, retention: float) -> torch.Tensor:
+    """p-MoD's kept count per row: trunc(n * retention), computed in fp32 like the official
+    `torch.trunc(mod_target_lengths * ratio)` (an int32 tensor times a Python float is fp32).
+
+    n_routable: (B,) int -> (B,) long.
+    """
+    product = n_routable.to(torch.float32) * torch.tensor(retention, dtype=torch.float32, device=n_routable.device)
+    return torch.trunc(product).long()
+
+
+def ranked_keep_mask(scores: torch.Tensor, routable: torch.Tensor, n_keep: torch.Tensor) -> torch.Tensor:
+    """Keep every non-routable token and each row's routable tokens among the row's `n_keep` best.
+
+    Unlike `topk_keep_mask`, ranking runs over the WHOLE row as scored: a non-routable token with a
+    high enough score takes a top-k slot (and is kept anyway), so fewer routable tokens are kept.
+    Strategies that do not want that give non-routable tokens -inf. Ties go to the lower position,
+    which is how CUDA `torch.topk` fills the slots left at the k-th value (in index order).
+    scores: (B, T) float, routable: (B, T) bool, n_keep: (B,) long -> (B, T) bool.
+    """
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (routable & (rank < n_keep.unsqueeze(1))) | ~routable
+
+
 def threshold_keep_mask(scores: torch.Tensor, routable: torch.Tensor, threshold: float) -> torch.Tensor:
     """Official inference rule: a routable token is kept when its score exceeds `threshold`."""
     return ~routable | (scores > threshold)

@@ -1,8 +1,9 @@
 """Routing strategies: how a MoD layer's router is built and how its decision enters the residual.
 
-A strategy answers five questions and nothing else: what the router reads, which tokens are
-routable, what score ranks tokens for top-k, what weight scales a kept token's MLP output, and what
-happens to a skipped token. The MoD layer asks; it holds no per-strategy branches.
+A strategy answers six questions and nothing else: what the router reads, which tokens are
+routable, which tokens top-k keeps (score and count), what weight scales a kept token's MLP output,
+what happens to a skipped token, and whether a routing loss is added. The MoD layer asks; it holds
+no per-strategy branches.
 """
 
 from __future__ import annotations
@@ -10,20 +11,23 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from .config import ModConfig
-from .router import TokenRouter
-from .routing import routable_token_mask
+from .router import PModRouter, TokenRouter
+from .routing import ranked_keep_mask, routable_token_mask, topk_keep_mask, truncated_keep_count
 
 
 class RoutingStrategy:
     name = "base"
     zero_init_router = False
+    # Whether the MoD layer adds its routing cross-entropy (x router_aux_loss_coef) to the loss.
+    has_routing_loss = True
 
     def __init__(self, mod: ModConfig) -> None:
         self.mod = mod
 
-    def build_router(self, hidden_size: int) -> TokenRouter:
+    def build_router(self, hidden_size: int) -> nn.Module:
         return TokenRouter(hidden_size, zero_init=self.zero_init_router)
 
     def router_input(self, residual: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
@@ -34,8 +38,14 @@ class RoutingStrategy:
         return routable_token_mask(input_ids, attention_mask, image_token_id)
 
     def selection_score(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, T, 2) -> (B, T) score used for top-k and thresholds."""
+        """Router output ((B, T, 2) for gamma) -> (B, T) score for the thresholds and the default top-k."""
         return logits.softmax(dim=-1)[..., 1]
+
+    def topk_keep(
+        self, logits: torch.Tensor, routable: torch.Tensor, skip_ratio: float, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) tokens kept by top-k routing (training and top-k prefill); attention_mask (B, T): 1 = real token."""
+        return topk_keep_mask(self.selection_score(logits), routable, skip_ratio)
 
     def kept_mlp_weight(self, logits: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
         """(B, K) weight on the MLP output of kept tokens, or None for no scaling."""
@@ -69,28 +79,67 @@ class GammaStrategy(RoutingStrategy):
 
 
 class PModStrategy(RoutingStrategy):
-    """p-MoD (arXiv 2412.04449): zero-init router on the raw hidden state, TanhNorm weights, STRing.
+    """p-MoD (arXiv 2412.04449), as MCG-NJU/p-MoD llava/model/language_model/pmod_llava_llama.py (`ModLayer`).
 
-    Only vision tokens are routable. With w = alpha * tanh(r) + 1 and r the router's "keep" logit:
-    kept vision tokens get attention output + w * MLP output, skipped vision tokens are scaled by w.
-    A zero router gives w = 1 and, with nothing skipped, exactly the dense layer.
+    Per MoD layer, with the layer's own zero-initialised `Linear(hidden, 1, bias=True)` router on the raw
+    (un-normalised) hidden state, logit r, and only vision tokens as targets:
+        w     = 0.2 * tanh(r) + 1                    TanhNorm; non-targets get r = -inf, i.e. w = 0.8
+        k     = trunc(n_vision * retention)          per row, in fp32; retention from PRD
+        kept  = the k largest w over the whole row   ties: lower position first
+                (non-targets tie with targets saturated at w = 0.8 and, if ranked, take a slot)
+        kept target:     h + attn + w * mlp          STRing
+        skipped target:  w * h
+        non-target:      h + attn + mlp              (always kept)
+    No routing loss: the router learns only through w. A zero router gives w = 1 and, with nothing
+    skipped, exactly the dense layer.
+
+    Deliberate deviations from the official code:
+      * padding tokens stay in the layer as masked keys (official drops them): identical outputs on
+        real tokens; batches of any size at inference (official: batch 1).
+      * layer 0 always stays dense, even where the schedule would route it (average ratio <= 0.35).
+      * PRD divides by num_hidden_layers - 1 (official: 31, its 32-layer models); `prd_divisor: 31`
+        reproduces the official table at any depth.
+      * ties: the official `torch.topk` on CUDA keeps equal values at the k-th value in index order,
+        which we reproduce; in a batch whose rows keep different counts, the official result for the
+        shorter rows also depends on how CUDA sorts equal values, which we take to be index order too.
+      * the threshold prefill/decode modes are ours (p-MoD decodes densely): they compare the raw
+        logit r with the thresholds.
     """
 
     name = "pmod"
-    zero_init_router = True
+    has_routing_loss = False
+
+    def build_router(self, hidden_size: int) -> PModRouter:
+        return PModRouter(hidden_size)
 
     def router_input(self, residual, normed):
         return residual
 
     def routable_mask(self, input_ids, attention_mask, image_token_id):
-        routable = input_ids == image_token_id  # vision tokens only
+        routable = input_ids == image_token_id  # vision tokens only (official mod_target_token_type "vision_all")
         return routable & attention_mask.bool() if attention_mask is not None else routable
 
     def selection_score(self, logits):
-        return logits[..., 1] - logits[..., 0]
+        return logits
 
     def tanh_norm(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.mod.pmod_alpha * torch.tanh(self.selection_score(logits)) + 1.0
+        """(B, T) router logits -> TanhNorm weights in the logits' dtype, same operation order as official."""
+        return torch.tanh(logits) * self.mod.pmod_alpha + 1.0
+
+    def ranking_score(self, logits: torch.Tensor, routable: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The official top-k input: TanhNorm of the logits with non-targets' logits set to -inf (w = 0.8, so
+        they compete). Padding ranks below everything, as if absent: the official drops it from the layer."""
+        score = self.tanh_norm(logits.masked_fill(~routable, float("-inf")))
+        if attention_mask is not None:
+            score = score.masked_fill(~attention_mask.bool(), float("-inf"))
+        return score
+
+    def keep_count(self, n_routable: torch.Tensor, skip_ratio: float) -> torch.Tensor:
+        return truncated_keep_count(n_routable, 1.0 - skip_ratio)
+
+    def topk_keep(self, logits, routable, skip_ratio, attention_mask=None):
+        n_keep = self.keep_count(routable.sum(dim=1), skip_ratio)
+        return ranked_keep_mask(self.ranking_score(logits, routable, attention_mask), routable, n_keep)
 
     def kept_mlp_weight(self, logits, routable):
         w = self.tanh_norm(logits)
@@ -101,23 +150,42 @@ class PModStrategy(RoutingStrategy):
         return torch.where(routable, w, torch.ones_like(w))
 
     def layer_skip_ratios(self, num_hidden_layers):
-        return {i: 1.0 - r for i, r in prd_retention(num_hidden_layers, self.mod.prd_dense_above, self.mod.prd_floor).items()}
+        return {i: 1.0 - r for i, r in prd_retention_for(self.mod, num_hidden_layers).items()}
 
 
-def prd_retention(num_hidden_layers: int, dense_above: float = 0.85, floor: float = 0.15) -> dict[int, float]:
-    """p-MoD progressive ratio decay: retention r(l) = 0.5 + 0.5 cos(pi l / (L - 1)), floored.
+def prd_retention(
+    num_hidden_layers: int,
+    dense_above: float = 0.85,
+    floor: float = 0.15,
+    average_ratio: float = 0.5,
+    schedule: str = "shiftedcos",
+    divisor: int | None = None,
+) -> dict[int, float]:
+    """p-MoD progressive ratio decay: {layer: retention} for the layers it makes MoD.
 
-    Returns {layer: retention} for the MoD layers only; layers with r > dense_above stay dense.
+    shiftedcos:    r(l) = cos(l * pi / D) / 2 + average_ratio
+    shiftedlinear: r(l) = (-l / D + 0.5) + average_ratio
+    with D = divisor or num_hidden_layers - 1, written in the official operation order so that the
+    values are bit-identical. Layers with r > dense_above stay dense; the others keep max(r, floor).
     """
     if num_hidden_layers < 2:
         raise ValueError("PRD needs at least 2 layers")
-    out = {}
-    for layer in range(num_hidden_layers):
-        r = 0.5 + 0.5 * math.cos(math.pi * layer / (num_hidden_layers - 1))
-        if r > dense_above:
-            continue
-        out[layer] = max(r, floor)
-    return out
+    d = divisor if divisor is not None else num_hidden_layers - 1
+    if schedule == "shiftedcos":
+        def decay(layer: int) -> float:
+            return math.cos(layer * math.pi / d) / 2 + average_ratio
+    elif schedule == "shiftedlinear":
+        def decay(layer: int) -> float:
+            return (-layer / d + 0.5) + average_ratio
+    else:
+        raise ValueError(f"unknown PRD schedule {schedule!r} (shiftedcos | shiftedlinear)")
+    return {layer: max(decay(layer), floor) for layer in range(num_hidden_layers) if decay(layer) <= dense_above}
+
+
+def prd_retention_for(mod: ModConfig, num_hidden_layers: int) -> dict[int, float]:
+    """The PRD schedule a config's prd_* fields describe."""
+    return prd_retention(num_hidden_layers, mod.prd_dense_above, mod.prd_floor, mod.prd_average_ratio,
+                         mod.prd_schedule, mod.prd_divisor)
 
 
 def build_strategy(mod: ModConfig) -> RoutingStrategy:

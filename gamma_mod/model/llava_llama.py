@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from ..mod.layer import ModForwardContext, MoDDecoderLayer
-from ..mod.router import TokenRouter
+from ..mod.router import TokenRouter, ZeroInitLinear
 from ..mod.strategies import build_strategy
 from .configuration import LlavaLlamaConfig, ModLlavaLlamaConfig
 from .projector import build_projector
@@ -35,6 +35,11 @@ from .vision.factory import build_vision_tower, owning_submodel
 
 ROUTER_KEY_SUFFIX = ".router.weight"
 logger = logging.getLogger(__name__)
+
+
+def is_router_key(key: str) -> bool:
+    """gamma-MoD `model.layers.{i}.router.weight`; p-MoD `model.layers.{i}.router.router.{weight,bias}`."""
+    return ".router." in key
 
 
 @dataclass
@@ -89,6 +94,14 @@ class GammaLlamaModel(LlamaModel):
             self.vision_tower = vision_tower
             self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Modules inside this model are initialised by THIS method (transformers dispatches per sub-model).
+        if isinstance(module, ZeroInitLinear):  # p-MoD router: weight and bias start at 0
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+            return
+        super()._init_weights(module)
 
     @property
     def mod_layer_indices(self) -> list[int]:
@@ -211,14 +224,21 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         checkpoints' layout); safetensors refuses aliased tensors, so shared copies are cloned."""
         if state_dict is None:
             state_dict = self.state_dict()
-        state_dict = {k: (v.clone() if k.endswith(ROUTER_KEY_SUFFIX) else v) for k, v in state_dict.items()}
+        state_dict = {k: (v.clone() if is_router_key(k) else v) for k, v in state_dict.items()}
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if isinstance(model, LlavaLlamaForCausalLM) and os.path.isdir(str(pretrained_model_name_or_path)):
-            model.tie_router_copies(read_router_weights(str(pretrained_model_name_or_path)))
+            router_weights = read_router_weights(str(pretrained_model_name_or_path))
+            foreign = sorted(set(router_weights) - {k for k in model.state_dict() if is_router_key(k)})
+            if foreign:
+                # e.g. a p-MoD folder from before the official Linear(hidden, 1, bias) router: nothing would load.
+                mod = model.config.mod_config()
+                raise ValueError(f"{pretrained_model_name_or_path}: router tensors {foreign[:2]} ({len(foreign)} in all) "
+                                 f"do not belong to this model's {mod.strategy if mod else 'dense'} layers")
+            model.tie_router_copies(router_weights)
         return model
 
     def tie_router_copies(self, router_weights: dict[str, torch.Tensor]) -> None:
@@ -226,17 +246,23 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         mod = self.config.mod_config()
         if mod is None or not mod.shared_router or not router_weights:
             return
-        keys = sorted(router_weights, key=lambda k: int(k.split(".")[2]))
-        first = router_weights[keys[0]]
-        differing = [k for k in keys[1:] if not torch.equal(router_weights[k], first)]
+        copies: dict[int, dict[str, torch.Tensor]] = {}  # layer -> {parameter name inside the router: tensor}
+        for key, value in router_weights.items():
+            copies.setdefault(int(key.split(".")[2]), {})[key.split(".router.", 1)[1]] = value
+        layers = sorted(copies)
+        first = copies[layers[0]]
+        differing = [i for i in layers[1:] if copies[i].keys() != first.keys()
+                     or any(not torch.equal(copies[i][name], first[name]) for name in first)]
         if differing:
             warnings.warn(
-                f"the checkpoint's shared-router copies differ ({len(differing)} of {len(keys)} differ from {keys[0]}); "
-                f"using {keys[0]} for every MoD layer", stacklevel=2,
+                f"the checkpoint's shared-router copies differ ({len(differing)} of {len(layers)} differ from layer "
+                f"{layers[0]}'s); using layer {layers[0]}'s for every MoD layer", stacklevel=2,
             )
         router = self.model.layers[self.model.mod_layer_indices[0]].router
-        with gathered_for_write(router.weight), torch.no_grad():
-            router.weight.copy_(first.to(router.weight.dtype))
+        for name, param in router.named_parameters():
+            if name in first:
+                with gathered_for_write(param), torch.no_grad():
+                    param.copy_(first[name].to(param.dtype))
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -317,17 +343,17 @@ def gathered_for_write(param: torch.nn.Parameter):
 
 
 def read_router_weights(folder: str) -> dict[str, torch.Tensor]:
-    """Every `*.router.weight` tensor stored in a checkpoint folder (safetensors or torch .bin shards)."""
+    """Every router tensor (`is_router_key`) stored in a checkpoint folder (safetensors or torch .bin shards)."""
     from safetensors import safe_open
 
     out: dict[str, torch.Tensor] = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
         with safe_open(path, framework="pt") as f:
             for key in f.keys():
-                if key.endswith(ROUTER_KEY_SUFFIX):
+                if is_router_key(key):
                     out[key] = f.get_tensor(key)
     if not out:
         for path in sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin"))):
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            out.update({k: v.clone() for k, v in state.items() if k.endswith(ROUTER_KEY_SUFFIX)})
+            out.update({k: v.clone() for k, v in state.items() if is_router_key(k)})
     return out
