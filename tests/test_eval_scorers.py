@@ -131,8 +131,8 @@ def test_registry_readers_follow_llava_layout(tmp_path):
     assert {"gqa", "scienceqa", "textvqa", "pope", "mme", "mmbench", "seed_bench", "vqav2", "vizwiz", "mm-vet",
             "mmmu", "mathvista", "okvqa", "coco_caption", "synthetic"} <= set(SCORERS)
     write_jsonl(tmp_path / "llava_gqa_testdev_balanced.jsonl", [
-        {"question_id": "201", "image": "n1.jpg", "text": "Is it red?\nAnswer the question using a single word or phrase.",
-         "category": "default"}])
+        {"question_id": "201", "image": "n1.jpg", "category": "default",
+         "text": "Is it red?\nAnswer the question using a single word or phrase."}])
     [q] = SCORERS["gqa"].read_questions(tmp_path)
     assert q.text == "<image>\nIs it red?\nAnswer the question using a single word or phrase."
     assert q.image == str(tmp_path / "data" / "images" / "n1.jpg")

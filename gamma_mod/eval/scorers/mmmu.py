@@ -75,7 +75,8 @@ class MMMUOptions:
 
 
 # -- parsing -------------------------------------------------------------------------------------
-def parse_multi_choice(response: str, all_choices: list[str], index2ans: dict[str, str], rng: random.Random) -> str:
+def choice_from_response(response: str, all_choices: list[str], index2ans: dict[str, str]) -> str | None:
+    """parse_multi_choice_response without its random fallback: the letter, or None when none is found."""
     for char in [",", ".", "!", "?", ";", ":", "'"]:
         response = response.strip(char)
     response = " " + response + " "  # so that " A " finds a standalone letter at either end
@@ -87,10 +88,8 @@ def parse_multi_choice(response: str, all_choices: list[str], index2ans: dict[st
     if not candidates and len(response.split()) > 5:
         candidates = [k for k, text in index2ans.items() if text.lower() in response.lower()]
         by_content = bool(candidates)
-    if not candidates:
-        return rng.choice(all_choices)
-    if len(candidates) == 1:
-        return candidates[0]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
     if by_content:
         starts = [response.lower().rfind(index2ans[c].lower()) for c in candidates]
     elif bracketed:
@@ -98,6 +97,12 @@ def parse_multi_choice(response: str, all_choices: list[str], index2ans: dict[st
     else:
         starts = [response.rfind(f" {c} ") for c in candidates]
     return candidates[starts.index(max(starts))]  # the last one mentioned; first on a tie (np.argmax)
+
+
+def parse_multi_choice(response: str, all_choices: list[str], index2ans: dict[str, str], rng: random.Random) -> str:
+    """The official parser: no letter found -> a random one (official: random.seed(42), then random.choice)."""
+    letter = choice_from_response(response, all_choices, index2ans)
+    return letter if letter is not None else rng.choice(all_choices)
 
 
 def _is_number(text: str) -> bool:
@@ -228,9 +233,10 @@ def score(answers_jsonl: str | Path, options: MMMUOptions = MMMUOptions()) -> di
                 raise ValueError(f"{answers_jsonl}: multiple-choice answer {sample_id!r} lacks 'options'")
             letters = [chr(ord("A") + i) for i in range(len(choices))]
             index2ans = dict(zip(letters, choices))
-            state = rng.getstate()
-            pred = parse_multi_choice(row["text"], letters, index2ans, rng)
-            random_picks += rng.getstate() != state
+            pred = choice_from_response(row["text"], letters, index2ans)
+            if pred is None:
+                random_picks += 1
+                pred = rng.choice(letters)
             correct = eval_multi_choice(gold, pred)
         else:
             correct = eval_open(gold, parse_open(row["text"]))

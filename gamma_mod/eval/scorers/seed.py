@@ -12,8 +12,10 @@ Reproduces haotian-liu/LLaVA scripts/convert_seed_for_submission.py (scripts/v1_
 `lenient=True` (opt-in, never the default) parses free-form answers with the shared option-letter
 parser ("B.", "(C) cat", "The answer is A", the text of one option).
 
-Deviation: the official upload writer crashes on an unanswered question; we write the answered ones
+Deviations: the official upload writer crashes on an unanswered question; we write the answered ones
 and report the rest as `upload_missing` (the leaderboard expects every question, video ones included).
+The official accuracy crashes (KeyError) when a question type has neither a right nor an unanswered
+question; we report 0.0 for it.
 """
 
 from __future__ import annotations
