@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compat", choices=["ours", "official"], default=None,
                         help="MoD behaviour: official reproduces the released gamma-MoD code (use with --batch-size 1); "
                              "default: the config's")
+    parser.add_argument("--score-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a scorer choice, repeatable (e.g. lenient=true for seed_bench/mmbench, rule=llava-hr "
+                             "for scienceqa); the defaults reproduce the official scripts")
 
 
 def load_image(question):
@@ -71,6 +74,7 @@ def build_encoder(tokenizer, config, template_name: str):
 
 def run(args: argparse.Namespace) -> int:
     benchmark = get_benchmark(args.benchmark)
+    score_options = benchmark.parse_options(args.score_option)  # before generating: a typo fails fast
     data = Path(args.data)
     out = Path(args.out) if args.out else Path(args.model) / "eval" / benchmark.name
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
         generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or benchmark.max_new_tokens)
-    metrics = benchmark.evaluate(answers, data, out)
+    metrics = benchmark.run(answers, data, out, score_options)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))
     return 0

@@ -1,8 +1,23 @@
-"""MMBench dev (tsv with answers): option-letter accuracy, per category, and circular accuracy.
+"""MMBench dev: the evaluation server's upload file, plus a local exact-letter accuracy.
 
-Columns: index, question, hint, A..D (blank when absent), answer, category, image (base64), ...
-Circular evaluation: rotated copies of a question carry index + k·1e6; a question counts as
-solved only when every copy present is. With no copies in the file, circular == plain accuracy.
+The official number comes from the MMBench server (OpenCompass), which takes the xlsx LLaVA-1.5's
+haotian-liu/LLaVA scripts/convert_mmbench_for_submission.py writes (scripts/v1_5/eval/mmbench.sh);
+we reproduce that file:
+
+    the tsv read with pandas.read_table; columns hint, category, source, image, comment, l2-category
+    dropped; a "prediction" column inserted at position 6 (after index, question, A-D); each answer's
+    raw text put in the row whose "index" equals the answer's question id (unanswered rows stay empty);
+    written with to_excel(index=False, engine="openpyxl")
+
+so the dev tsv gives: index, question, A, B, C, D, prediction, answer, split.
+
+The local accuracy is ours (the server also matches option texts with an LLM and runs circular
+evaluation): by default the answer text must equal the answer letter exactly; `lenient=True` (opt-in)
+uses the shared option-letter parser. Circular accuracy: rotated copies of a question carry
+index + k·1e6; a question counts as solved only when every copy present is.
+
+Writing the xlsx needs pandas and openpyxl (`pip install gamma-mod[eval]`): a clear error otherwise.
+Deviation: a column of the drop list that the tsv lacks is skipped (the official script raises).
 """
 
 from __future__ import annotations
@@ -10,15 +25,25 @@ from __future__ import annotations
 import csv
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..questions import Question, read_answers
 from .options import parse_option_letter
 
 QUESTIONS = "mmbench_dev_20230712.tsv"
+SUBMISSION = "mmbench_dev_20230712.xlsx"
 LETTERS = "ABCD"
 CIRCULAR_STRIDE = 1_000_000
 PROMPT_SUFFIX = "Answer with the option's letter from the given choices directly."
+DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
+PREDICTION_POSITION = 6
+
+
+@dataclass(frozen=True)
+class MMBenchOptions:
+    lenient: bool = False  # opt-in: parse "B." / "(C) cat" / "The answer is A" / an option's text
 
 
 def _present(value: str | None) -> bool:
@@ -53,7 +78,7 @@ def read_questions(data_dir: str | Path, tsv: str | Path | None = None) -> list[
     return questions
 
 
-def score(answers_jsonl: str | Path, tsv: str | Path) -> dict[str, float]:
+def score(answers_jsonl: str | Path, tsv: str | Path, options: MMBenchOptions = MMBenchOptions()) -> dict[str, float]:
     rows = {int(r["index"]): r for r in read_rows(tsv)}
     flat: list[bool] = []
     by_category: dict[str, list[bool]] = defaultdict(list)
@@ -61,8 +86,13 @@ def score(answers_jsonl: str | Path, tsv: str | Path) -> dict[str, float]:
     unparsed = 0
     for answer in read_answers(answers_jsonl):
         index = int(answer["question_id"])
+        if index not in rows:
+            raise ValueError(f"{tsv}: no row with index {index} (answer in {answers_jsonl})")
         row = rows[index]
-        pred = parse_option_letter(answer["text"], "".join(options_of(row)), options_of(row))
+        if options.lenient:
+            pred = parse_option_letter(answer["text"], "".join(options_of(row)), options_of(row))
+        else:
+            pred = answer["text"] if answer["text"] in options_of(row) else None
         unparsed += pred is None
         ok = pred == row["answer"].strip()
         flat.append(ok)
@@ -77,7 +107,34 @@ def score(answers_jsonl: str | Path, tsv: str | Path) -> dict[str, float]:
     return metrics
 
 
-def evaluate(answers_jsonl: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
-    return score(answers_jsonl, Path(data_dir) / QUESTIONS)
+def _pandas():
+    try:
+        import openpyxl  # noqa: F401  to_excel's engine; fail here with the fix, not deep inside pandas
+        import pandas
+    except ImportError as e:
+        raise ImportError(f"writing the MMBench upload xlsx needs pandas and openpyxl ({e.name} is missing): "
+                          "pip install 'gamma-mod[eval]'") from e
+    return pandas
 
 
+def write_submission(answers_jsonl: str | Path, tsv: str | Path, out_xlsx: str | Path) -> Path:
+    pd = _pandas()
+    table = pd.read_table(tsv)
+    sheet = table.drop(columns=[c for c in DROPPED_COLUMNS if c in table.columns])
+    sheet.insert(PREDICTION_POSITION, "prediction", None)
+    # Raw ids, as the official `df["index"] == pred["question_id"]`; a later answer line wins.
+    predictions: dict[Any, str] = {r["question_id"]: r["text"] for r in read_answers(answers_jsonl)}
+    for question_id, text in predictions.items():
+        sheet.loc[table["index"] == question_id, "prediction"] = text
+    out = Path(out_xlsx)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.to_excel(out, index=False, engine="openpyxl")
+    return out
+
+
+def evaluate(answers_jsonl: Path, data_dir: Path, out_dir: Path, options: MMBenchOptions = MMBenchOptions()
+             ) -> dict[str, Any]:
+    tsv = Path(data_dir) / QUESTIONS
+    metrics: dict[str, Any] = score(answers_jsonl, tsv, options)
+    metrics["submission"] = str(write_submission(answers_jsonl, tsv, Path(out_dir) / SUBMISSION))
+    return metrics

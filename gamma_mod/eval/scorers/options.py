@@ -1,5 +1,8 @@
-"""Multiple-choice answer parsing shared by MMBench and SEED-Bench (ScienceQA keeps its official,
-stricter rule in its own module)."""
+"""Lenient multiple-choice answer parsing: the opt-in `lenient=true` of MMBench and SEED-Bench.
+
+Ours, not an official rule: the official SEED-Bench score is exact match and MMBench is scored by its
+server, so this parser is never the default. ScienceQA, MMMU and MathVista keep their official
+parsers in their own modules."""
 
 from __future__ import annotations
 

@@ -1,72 +1,86 @@
-"""The official VQA answer normalisation (VQA eval / EvalAI answer processor), shared by GQA,
-TextVQA, VQAv2 and VizWiz so every benchmark compares answers the same way.
+"""The official VQA answer normalisation, shared by TextVQA, VQAv2, VizWiz and OK-VQA.
 
-Steps, in the official order: lower-case, drop "," and "?", split "'s" off its word; whitespace
-clean-up; punctuation (removed, or replaced by a space when it separates words); periods not
-followed by a digit removed; number words -> digits; articles dropped; missing apostrophes restored
-("dont" -> "don't").
+Reproduces `EvalAIAnswerProcessor` in haotian-liu/LLaVA llava/eval/m4c_evaluator.py (copied there
+from facebookresearch/mmf), which LLaVA-1.5's eval_textvqa.py and convert_{vqav2,vizwiz}_for_submission.py
+use, and the answer side of the VQA evaluator `VQAEval` (luogen1996/LLaVA-HR llava_hr/eval/vqa_eval.py,
+the salesforce/LAVIS copy of the GT-Vision-Lab VQA eval) that OK-VQA goes through.
+
+    normalize_answer (EvalAI): lower-case; drop "," and "?"; "'s" -> " 's"; strip; newlines/tabs -> " ";
+        process_punctuation; process_digit_article
+    process_punctuation: each official punctuation mark is removed when it touches a space (or when a
+        digit-comma-digit appears anywhere), else replaced by a space; then periods not followed by a
+        digit are removed
+    process_digit_article: lower-case, split; number words -> digits; articles dropped; the official
+        contraction table applied word by word
+
+The tables (contractions, number words, articles, punctuation) are the official ones verbatim, kept as
+package data in `data/vqa_normalization.json` (extracted from the official source, never hand-typed),
+with the official table's own oddities: "somebody'd" maps to "somebodyd", keys such as "Im" can never
+match a lower-cased word, and there is no "shed", "shes" or "somethings" entry ("a shed" stays "shed").
+
+Official quirks reproduced on purpose:
+- The period strip is `PERIOD_STRIP.sub("", text, re.UNICODE)`: the flag lands in the `count`
+  argument (re.UNICODE == 32), so only the first 32 periods are removed.
+- The period pattern's look-behind is the typo "(?!<=\\d)", which never fires: a period before a
+  digit survives only because of the look-ahead ("3.5" keeps it, "3." loses it).
+- EvalAI tests digit-comma-digit with `(?<=\\d)(\\,)+(?=\\d)` after every comma was already removed, so
+  that branch never fires there; VQAEval tests `(\\d)(,)(\\d)` on text that still has its commas.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
+from importlib import resources
+from typing import Any
 
-# Replaced by nothing when glued to a word ("yes!"), by a space otherwise; the official list has no
-# "'" (kept for contractions), no "." (handled by PERIOD_STRIP) and no ":".
-PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-# A period that is not part of a number ("3.5" keeps it). The official pattern's look-behind is the
-# typo "(?!<=\d)", which never fires, so only the look-ahead matters; we keep that behaviour.
+# The official call passes re.UNICODE where `count` goes: at most this many periods are stripped.
+PERIOD_STRIP_COUNT = int(re.UNICODE)
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}
-ARTICLES = {"a", "an", "the"}
-# Apostrophe-less spellings -> the official contracted form (a subset of the official table covering
-# every contraction of the common auxiliaries; answers rarely contain the rest).
-CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't", "hed": "he'd",
-    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's", "Im": "I'm", "Ive": "I've",
-    "isnt": "isn't", "itd": "it'd", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
-    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
-    "oclock": "o'clock", "oughtnt": "oughtn't", "shant": "shan't", "shed": "she'd", "shes": "she's",
-    "shouldve": "should've", "shouldnt": "shouldn't", "somebodyd": "somebody'd", "somebodys": "somebody's",
-    "someoned": "someone'd", "someones": "someone's", "somethingd": "something'd", "somethings": "something's",
-    "thered": "there'd", "therere": "there're", "theres": "there's", "theyd": "they'd", "theyll": "they'll",
-    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
-    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
-    "whod": "who'd", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
-    "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
-}
+EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+VQAEVAL_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 
-def process_punctuation(text: str) -> str:
+@lru_cache(maxsize=1)
+def tables() -> dict[str, Any]:
+    """The official tables: contractions, number_map, articles, punctuation (plus their source)."""
+    text = resources.files(__package__).joinpath("data", "vqa_normalization.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def process_punctuation(text: str, comma_strip: re.Pattern = EVALAI_COMMA_STRIP) -> str:
     out = text
-    glued_number = COMMA_STRIP.search(text) is not None
-    for p in PUNCTUATION:
+    # Both conditions are tested on the input text, the replacement on the running output (official).
+    glued_number = comma_strip.search(text) is not None
+    for p in tables()["punctuation"]:
         if (p + " " in text or " " + p in text) or glued_number:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return PERIOD_STRIP.sub("", out)
+    return PERIOD_STRIP.sub("", out, count=PERIOD_STRIP_COUNT)
 
 
 def process_digit_article(text: str) -> str:
-    words = []
-    for word in text.lower().split():
-        word = NUMBER_WORDS.get(word, word)
-        if word not in ARTICLES:
-            words.append(CONTRACTIONS.get(word, word))
-    return " ".join(words)
+    t = tables()
+    number_map, articles, contractions = t["number_map"], set(t["articles"]), t["contractions"]
+    words = [number_map.get(w, w) for w in text.lower().split()]
+    return " ".join(contractions.get(w, w) for w in words if w not in articles)
 
 
 def normalize_answer(text: str) -> str:
-    """One answer (prediction or ground truth) in the form the official evaluators compare."""
+    """EvalAIAnswerProcessor: one answer (prediction or human answer) as the official evaluators compare it."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+    return process_digit_article(process_punctuation(text, EVALAI_COMMA_STRIP))
+
+
+def normalize_vqaeval_prediction(text: str) -> str:
+    """VQAEval's treatment of a prediction: no lower-casing or comma removal before the punctuation step."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text, VQAEVAL_COMMA_STRIP))
+
+
+def normalize_vqaeval_human(text: str) -> str:
+    """VQAEval's treatment of a human answer (only when the humans disagree): punctuation step only."""
+    return process_punctuation(text, VQAEVAL_COMMA_STRIP)
