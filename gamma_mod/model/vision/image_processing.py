@@ -1,7 +1,8 @@
 """Image preprocessing for CLIP-style towers with PIL only (no torchvision).
 
 LLaVA-1.5's "pad" aspect mode: pad to a square with the mean colour, resize (bicubic), scale to
-[0, 1] and normalise with the tower's mean/std.
+[0, 1] and normalise with the tower's mean/std. "square" (the official train.py default, LLaVA-HR
+stage 1): CLIPImageProcessor's own path, shortest side resized to S (bicubic) then the centre S x S crop.
 """
 
 from __future__ import annotations
@@ -40,11 +41,25 @@ class ImageProcessor:
         canvas.paste(image, ((side - width) // 2, (side - height) // 2))
         return canvas
 
+    def resize_and_center_crop(self, image: Image.Image) -> Image.Image:
+        """Shortest side -> S (the long side truncated, as transformers does), then the centre S x S."""
+        width, height = image.size
+        side = self.image_size
+        if width <= height:
+            size = (side, int(side * height / width))
+        else:
+            size = (int(side * width / height), side)
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        left, top = (size[0] - side) // 2, (size[1] - side) // 2
+        return image.crop((left, top, left + side, top + side))
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, S, S) float tensor."""
         image = image.convert("RGB")
         if self.aspect_ratio == "pad":
             image = self.pad_to_square(image)
+        elif self.aspect_ratio == "square":
+            image = self.resize_and_center_crop(image)
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         pixels = data.view(self.image_size, self.image_size, 3).permute(2, 0, 1).float() / 255.0
