@@ -90,6 +90,11 @@ TRAINING_ARGS = {
         "max_grad_norm": 0.0,                   # zero3.json without gradient_clipping (as Z3)
     },
 }
+# Documented deviations (README "Training the 7B / 13B recipes"): official value, ours.
+DEVIATIONS = {
+    "llava_hr_7b_stage1": {"save_steps": (24000, 1000)},      # HR1 --save_steps 24000: no checkpoint in the epoch
+    "llava_hr_7b_stage2_mod": {"save_steps": (50000, 1000)},  # HR2 --save_steps 50000: idem
+}
 # The DeepSpeed config after HF fills its "auto" values from the TrainingArguments (single process).
 DEEPSPEED = {
     "llava_hr_7b_stage1": {"stage": 2, "gradient_clipping": 1.0},      # HR1 --deepspeed zero2.json; Z2
@@ -194,6 +199,8 @@ def test_recipe_training_arguments_match_the_official_table(recipe):
     kwargs = training_arguments_kwargs(cfg, cuda=True)  # the arguments an 8-GPU run gets
     for key, value in TRAINING_ARGS[recipe].items():
         assert kwargs.get(key, TrainingArguments.__dataclass_fields__[key].default) == value, key
+    for key, (_official, ours) in DEVIATIONS.get(recipe, {}).items():
+        assert kwargs[key] == ours, key
     assert kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"] * 8 == GLOBAL_BATCH[recipe]
     assert training_arguments_kwargs(cfg, cuda=False)["tf32"] is None  # HF refuses tf32 without CUDA
 

@@ -24,6 +24,8 @@ import logging
 
 from torch import nn
 
+from .args import TRAINABLE_GROUPS
+
 logger = logging.getLogger(__name__)
 
 _TOWER = "model.vision_tower."
@@ -39,6 +41,7 @@ PREFIXES: dict[str, dict[str, tuple[str, ...]]] = {
     "align_stages_latent": {"llava_hr": (_TOWER + "align_stages_latent.",)},
     "vlm_uni": {"mgm": (_TOWER + "vlm_uni_",)},
 }
+assert tuple(PREFIXES) == TRAINABLE_GROUPS  # the config validates names against TRAINABLE_GROUPS
 
 
 def tower_family(config) -> str | None:
