@@ -1,4 +1,5 @@
-"""Build a LLaVA-style model config/model from a YAML model spec (configs/model/*.yaml)."""
+"""Build a LLaVA-style model config/model from a YAML model spec (configs/model/*.yaml), with its
+pretrained parts (LLM, CLIP, ConvNeXt) loaded from local checkpoints when given (model/components.py)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,15 @@ def load_model_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(spec: str | Path | dict[str, Any], *, vocab_size: int, image_token_index: int,
-                 pad_token_id: int, bos_token_id: int, eos_token_id: int) -> LlavaLlamaConfig:
+                 pad_token_id: int, bos_token_id: int, eos_token_id: int,
+                 image: dict[str, Any] | None = None) -> LlavaLlamaConfig:
+    """`image`: model-config fields set over the spec's (input_image_size, image_aspect_ratio, image_size_aux,
+    image_grid, image_global; see gamma_mod.train.args.ImageArgs)."""
     data = load_model_spec(spec)
     return LlavaLlamaConfig(
         **data.get("text", {}),
         vision_config=data.get("vision"),
-        **data.get("tower", {}),
+        **{**data.get("tower", {}), **(image or {})},
         **data.get("projector", {}),
         mod=data.get("mod"),
         vocab_size=vocab_size,
@@ -53,3 +57,15 @@ def build_config(spec: str | Path | dict[str, Any], *, vocab_size: int, image_to
 def build_model(spec, **token_ids) -> LlavaLlamaForCausalLM:
     """A randomly initialised model from a spec; token ids come from the tokenizer (see data.tokenizer)."""
     return LlavaLlamaForCausalLM(build_config(spec, **token_ids))
+
+
+def build_pretrained_model(spec, components: dict[str, str], *, image: dict[str, Any] | None = None,
+                           **token_ids) -> LlavaLlamaForCausalLM:
+    """A model from a spec whose pretrained parts come from local checkpoints: `components` maps
+    llm / clip / convnext to an HF Llama folder, an HF CLIP folder and a timm / open_clip ConvNeXt
+    checkpoint (gamma_mod.model.components; every tensor checked). Parts not given stay random."""
+    from .components import load_components
+
+    model = LlavaLlamaForCausalLM(build_config(spec, image=image, **token_ids))
+    load_components(model, components)
+    return model

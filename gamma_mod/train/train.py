@@ -4,12 +4,14 @@
     torchrun --nproc_per_node 2 -m gamma_mod.train.train CONFIG.yaml deepspeed=scripts/zero2.json
     deepspeed gamma_mod/train/train.py CONFIG.yaml deepspeed=scripts/zero3.json
 
-setup (config, seed, tokenizer) -> build (model, stage freezing, MoD, LoRA, data) -> loop (Trainer)
--> final save (safetensors + tokenizer + complete.json, written by rank 0).
+setup (config, component check, seed, tokenizer) -> build (model + pretrained components, MoD,
+trainable groups, LoRA, data) -> loop (Trainer) -> final save (safetensors + tokenizer + complete.json,
+written by rank 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -23,6 +25,9 @@ from transformers import TrainingArguments, set_seed
 from ..config import load_config, save_config
 from .args import TrainConfig
 from . import checkpoint
+from .trainable import set_trainable
+
+REAL_SIZE = 100_000_000  # decoder parameters from which a spec counts as a real (non-test) model
 
 logger = logging.getLogger("gamma_mod.train")
 COMPLETE = "complete.json"
@@ -36,9 +41,14 @@ def resolve_attn_implementation(requested: str) -> str:
     return requested
 
 
-def training_arguments(cfg: TrainConfig) -> TrainingArguments:
+def training_arguments_kwargs(cfg: TrainConfig, cuda: bool | None = None) -> dict:
+    """The HF TrainingArguments of `cfg` as keyword arguments; `cuda` (default: detected) decides tf32,
+    which HF refuses without a GPU that has it."""
     o = cfg.optim
-    return TrainingArguments(
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if o.tf32 and not cuda:
+        logger.info("optim.tf32 is set but there is no CUDA device: ignored")
+    kwargs = dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=o.batch_size,
         gradient_accumulation_steps=o.grad_accum,
@@ -48,8 +58,9 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         num_train_epochs=o.epochs,
         max_steps=o.max_steps,
         weight_decay=o.weight_decay,
-        max_grad_norm=o.max_grad_norm,
+        max_grad_norm=o.max_grad_norm,  # 0: no clipping; DeepSpeed's "auto" gradient_clipping takes it too
         bf16=o.bf16,
+        tf32=True if o.tf32 and cuda else None,
         activation_checkpointing=o.gradient_checkpointing,
         seed=o.seed,
         data_seed=o.seed,
@@ -62,8 +73,52 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         remove_unused_columns=False,
         dataloader_num_workers=o.dataloader_workers,
         disable_tqdm=False,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
     )
+    if o.optimizer is not None:
+        kwargs["optim"] = o.optimizer
+    return kwargs
+
+
+def training_arguments(cfg: TrainConfig) -> TrainingArguments:
+    return TrainingArguments(**training_arguments_kwargs(cfg))
+
+
+def check_pretrained_components(cfg: TrainConfig) -> None:
+    """A real-size model built from its spec must get every pretrained part it is made of (LLM, CLIP,
+    ConvNeXt) unless `model.allow_random_init` says otherwise: a forgotten path would silently train
+    from random weights. `model.init` (a trained folder) needs none."""
+    if cfg.model.init or cfg.model.allow_random_init:
+        return
+    from ..model.builder import load_model_spec
+    from ..model.components import decoder_parameter_count, required_components
+    from ..model.configuration import LlavaLlamaConfig
+
+    data = load_model_spec(cfg.model.spec)
+    size = decoder_parameter_count(data.get("text", {}))
+    if size < REAL_SIZE:
+        return
+    kinds = LlavaLlamaConfig(vision_config=data.get("vision"), **data.get("tower", {}))  # tower family only
+    missing = [name for name in required_components(kinds, cfg.stage) if not getattr(cfg.model, name)]
+    if missing:
+        fields = ", ".join(f"model.{name}" for name in missing)
+        raise ValueError(
+            f"model.spec {cfg.model.spec!r} is a real-size model ({size / 1e9:.1f}B decoder parameters) but {fields} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: training would start from random weights. Point "
+            f"{'it' if len(missing) == 1 else 'them'} at local checkpoints (model.llm: an HF Llama folder such as "
+            "vicuna-7b-v1.5; model.clip: an HF CLIP folder; model.convnext: a timm / open_clip ConvNeXt checkpoint; "
+            "model.mm_adapter: a stage-1 mm_projector.bin), or set model.allow_random_init=true to train from "
+            "random weights on purpose.")
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 # -- build ------------------------------------------------------------------------------------------
@@ -71,46 +126,57 @@ def build_model(cfg: TrainConfig, tokenizer):
     from ..data.tokenizer import model_token_ids
     from ..model import LlavaLlamaForCausalLM
     from ..model.builder import build_config
+    from ..model.components import load_components
 
     attn = resolve_attn_implementation(cfg.model.attn_implementation)
     dtype = torch.bfloat16 if cfg.optim.bf16 else torch.float32
+    image = cfg.model.image.overrides()
     if cfg.model.init:
-        model = LlavaLlamaForCausalLM.from_pretrained(cfg.model.init, attn_implementation=attn, dtype=dtype)
+        model = LlavaLlamaForCausalLM.from_pretrained(cfg.model.init, attn_implementation=attn, dtype=dtype, **image)
         expected = model_token_ids(tokenizer)["vocab_size"]
         if model.config.vocab_size < expected:
             raise ValueError(f"model {cfg.model.init} has vocab_size {model.config.vocab_size} but the tokenizer has "
                              f"{expected} tokens: wrong tokenizer for this model?")
     else:
-        config = build_config(cfg.model.spec, **model_token_ids(tokenizer))
+        config = build_config(cfg.model.spec, image=image, **model_token_ids(tokenizer))
         config._attn_implementation = attn
-        model = LlavaLlamaForCausalLM(config).to(dtype)
-    if cfg.model.vision_weights:
-        from ..model.checkpoints import load_clip_vision_weights
-
-        load_clip_vision_weights(model, cfg.model.vision_weights)
-    if cfg.mod is not None and cfg.mod.layers and model.config.mod_config() is None:
-        from ..mod.convert import convert_to_mod
-
-        convert_to_mod(model, cfg.mod.layers, routing_ratio=cfg.mod.routing_ratio, strategy=cfg.mod.strategy,
-                       router_aux_loss_coef=cfg.mod.router_aux_loss_coef)
+        if cfg.model.components():
+            with default_dtype(dtype):  # a 7B model is never materialised in fp32 first
+                model = LlavaLlamaForCausalLM(config)
+        else:
+            model = LlavaLlamaForCausalLM(config).to(dtype)
+    load_components(model, cfg.model.components())
+    if cfg.mod is not None:
+        apply_mod(model, cfg)
     return model
 
 
-def set_trainable(model, stage: str) -> None:
-    """pretrain: only the projector learns. finetune: projector + LLM (+ routers); vision tower frozen."""
-    for p in model.parameters():
-        p.requires_grad_(stage == "finetune")
-    for p in model.model.vision_tower.parameters():
-        p.requires_grad_(False)
-    for p in model.model.mm_projector.parameters():
-        p.requires_grad_(True)
-    # ZeRO-3 partitions hold 0 local elements; ds_numel is the full size.
-    def size(p):
-        return getattr(p, "ds_numel", p.numel())
+def apply_mod(model, cfg: TrainConfig) -> None:
+    """Convert to the `mod` section's layers, or check that an already-MoD `init` has exactly them."""
+    layers = cfg.mod.resolve_layers(model.config.num_hidden_layers)
+    existing = model.config.mod_config()
+    if existing is not None:  # a converted init: the recipe's section is a check, never silently ignored
+        wanted = {"layers": layers, "routing_ratio": cfg.mod.routing_ratio, "strategy": cfg.mod.strategy,
+                  "router_aux_loss_coef": cfg.mod.router_aux_loss_coef}
+        found = {"layers": sorted(existing.mod_layers_idx), "routing_ratio": existing.capacity_factor,
+                 "strategy": existing.strategy, "router_aux_loss_coef": existing.router_aux_loss_coef}
+        diffs = [f"{k}: model {found[k]} vs mod section {v}" for k, v in wanted.items()
+                 if v is not None and v != found[k]]
+        if diffs:
+            raise ValueError(
+                f"model.init {cfg.model.init} is a MoD model that differs from the `mod` section ({'; '.join(diffs)}). "
+                "Convert with the recipe's settings, or override them (an ARank-selected layer set: "
+                "mod.dense_layers=null; no check at all: mod=null)")
+        return
+    if not layers:
+        return
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise ValueError("model.init was loaded partitioned (ZeRO-3), where MoD conversion is not supported: "
+                         "convert first with `gamma-mod convert` and point model.init at its output")
+    from ..mod.convert import convert_to_mod
 
-    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
-    total = max(1, sum(size(p) for p in model.parameters()))
-    logger.info("stage %s: %d of %d parameters trainable (%.1f%%)", stage, trainable, total, 100 * trainable / total)
+    convert_to_mod(model, layers, routing_ratio=cfg.mod.routing_ratio, strategy=cfg.mod.strategy,
+                   router_aux_loss_coef=cfg.mod.router_aux_loss_coef)
 
 
 def apply_lora(model, cfg: TrainConfig):
@@ -140,6 +206,7 @@ def run_training(cfg: TrainConfig) -> Path:
     from ..data.tokenizer import load_tokenizer
     from .trainer import GammaTrainer
 
+    check_pretrained_components(cfg)  # before anything slow
     out = Path(cfg.output_dir)
     args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
     if cfg.deepspeed:
@@ -153,19 +220,20 @@ def run_training(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
         (out / COMPLETE).unlink(missing_ok=True)
-    tokenizer_path = cfg.model.tokenizer or cfg.model.init
+    tokenizer_path = cfg.model.tokenizer or cfg.model.init or cfg.model.llm
     if not tokenizer_path:
-        raise ValueError("model.tokenizer is required when training from a random init (model.init empty)")
+        raise ValueError("model.tokenizer is required when neither model.init nor model.llm is set")
     tokenizer = load_tokenizer(tokenizer_path)
     model = build_model(cfg, tokenizer)
-    set_trainable(model, cfg.stage)
+    set_trainable(model, cfg.trainable_groups())
     if cfg.lora.enable:
         model = apply_lora(model, cfg)
     if cfg.optim.gradient_checkpointing:
         model.enable_input_require_grads()
     dataset, collator = build_dataset(cfg, tokenizer, model)
     trainer = GammaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                           collapse_patience=cfg.collapse_patience)
+                           collapse_patience=cfg.collapse_patience,
+                           group_by_modality_length=cfg.optim.group_by_modality_length)
     resume = None
     if cfg.resume:
         resume = checkpoint.last_checkpoint(out)

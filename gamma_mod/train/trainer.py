@@ -1,5 +1,5 @@
 """A thin `transformers.Trainer` subclass: MoD-aware logging, divergence and router-collapse guards,
-atomic checkpoints."""
+atomic checkpoints, LLaVA's modality-grouped length sampler."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from transformers import Trainer
 
 from . import checkpoint
+from .sampler import ModalityLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +22,29 @@ class TrainingDivergedError(RuntimeError):
 
 
 class GammaTrainer(Trainer):
-    def __init__(self, *args, collapse_patience: int = 50, **kwargs) -> None:
+    def __init__(self, *args, collapse_patience: int = 50, group_by_modality_length: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.collapse_patience = collapse_patience
+        self.group_by_modality_length = group_by_modality_length
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
         self._collapse_streak: dict[int, int] = defaultdict(int)
         self._collapse_warned: set[int] = set()
         self._staging_dir: str | None = None
+
+    # -- data order ---------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_modality_length or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        lengths = getattr(dataset, "modality_lengths", None)
+        if lengths is None:
+            raise ValueError(f"group_by_modality_length needs a dataset with `modality_lengths`; "
+                             f"{type(dataset).__name__} has none")
+        # LLaVA's world size: ranks x accumulation steps, so one megabatch is one optimizer step.
+        return ModalityLengthGroupedSampler(
+            lengths, self.args.train_batch_size, self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     # -- loss, logging and guards ---------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

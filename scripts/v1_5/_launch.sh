@@ -1,6 +1,13 @@
 # Sourced by the v1_5 scripts: run gamma_mod.train.train with CONFIG and OVERRIDES, as one process,
 # torchrun (NPROC > 1) or the deepspeed launcher over a HOSTFILE (multi-node).
+# Pretrained parts of the real recipes come from the environment (local paths, see the README):
+#   LLM (HF Llama folder), CLIP (HF CLIP folder), CONVNEXT (timm / open_clip checkpoint),
+#   MM_ADAPTER (an official stage-1 mm_projector.bin).
 launch_training() {
+  if [ -n "${LLM:-}" ]; then OVERRIDES+=("model.llm=$LLM"); fi
+  if [ -n "${CLIP:-}" ]; then OVERRIDES+=("model.clip=$CLIP"); fi
+  if [ -n "${CONVNEXT:-}" ]; then OVERRIDES+=("model.convnext=$CONVNEXT"); fi
+  if [ -n "${MM_ADAPTER:-}" ]; then OVERRIDES+=("model.mm_adapter=$MM_ADAPTER"); fi
   if [ -n "${HOSTFILE:-}" ]; then
     exec deepspeed --hostfile "$HOSTFILE" "$ROOT/gamma_mod/train/train.py" "$CONFIG" "${OVERRIDES[@]}" "$@"
   elif [ "${NPROC:-1}" -gt 1 ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage 1 (projector alignment). Defaults: the tiny embedded recipe on the synthetic data.
 #   bash scripts/v1_5/pretrain.sh                                  # tiny, single process
-#   CONFIG=configs/train/llava_hr_7b_stage1.yaml NPROC=8 bash scripts/v1_5/pretrain.sh
+#   CONFIG=configs/train/llava_hr_7b_stage1.yaml LLM=/models/vicuna-7b-v1.5 CLIP=/models/clip-vit-large-patch14-336 \
+#     CONVNEXT=/models/convnext_large_mlp.clip_laion2b_ft_320 NPROC=8 bash scripts/v1_5/pretrain.sh
 # Extra arguments are config overrides (key.path=value).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
