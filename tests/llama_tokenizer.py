@@ -26,7 +26,7 @@ WORDS_FROM = [
     "directly.",
     "When the provided information is insufficient, respond with 'Unanswerable'. Reference OCR token: STOP",
     "Is there a dog? Please answer yes or no. Context: Question: Options: (A) sun (B) moon Which is bigger? "
-    "The sun is a star. What is the man doing?",
+    "The sun is a star. What is the man doing? A. B. C. D.",
 ]
 PUNCTUATION = ": ? . , ' ( ) -"
 BARE_ONLY = {"USER"}
