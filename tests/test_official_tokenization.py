@@ -89,6 +89,20 @@ def test_a_sentencepiece_only_folder_loads_as_vicuna_does(tmp_path):
     assert load_tokenizer(str(folder)).legacy is True
 
 
+def test_a_missing_sentencepiece_is_named(tmp_path, monkeypatch):
+    import gamma_mod.data.tokenizer as tokenizer_module
+
+    folder = build_llama_tokenizer(tmp_path, legacy=False)
+
+    def no_sentencepiece(*args, **kwargs):
+        raise ValueError("tiktoken is required to read a tiktoken file")  # what transformers says then
+
+    monkeypatch.setattr(tokenizer_module.AutoTokenizer, "from_pretrained", no_sentencepiece)
+    monkeypatch.setattr(tokenizer_module, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=rf"{tmp_path}: a sentencepiece tokenizer .* needs the sentencepiece"):
+        load_tokenizer(str(folder))
+
+
 def test_chunk_wise_tokenization_puts_the_word_prefix_after_the_image(tok):
     image = tok.convert_tokens_to_ids("<image>")
     text = "USER: <image>\nWhat is in the image?"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from importlib.util import find_spec
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -81,7 +82,14 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
         config = json.loads(config_file.read_text())
         if str(config.get("tokenizer_class", "")).startswith("LlamaTokenizer") and "legacy" not in config:
             kwargs["legacy"] = True
-    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
+    except (ValueError, ImportError, OSError) as error:
+        # transformers' own message for this case names tiktoken, not the missing package.
+        if (Path(path) / "tokenizer.model").is_file() and find_spec("sentencepiece") is None:
+            raise ImportError(f"{path}: a sentencepiece tokenizer (tokenizer.model) needs the sentencepiece and "
+                              f"protobuf packages (pip install sentencepiece protobuf)") from error
+        raise
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
