@@ -100,8 +100,9 @@ def test_loader_and_model_vqa_prompts(tok, tmp_path, name):
 
 SQA = [
     {"id": "img-1", "image": "img-1/image.png", "conversations": [
-        {"from": "human", "value": "Context: The sun is a star.\nQuestion: Which is bigger?\nOptions: (A) sun (B) moon\n"
-                                   "<image>"}, {"from": "gpt", "value": "A"}]},
+        {"from": "human",
+         "value": "Context: The sun is a star.\nQuestion: Which is bigger?\nOptions: (A) sun (B) moon\n<image>"},
+        {"from": "gpt", "value": "A"}]},
     {"id": "txt-2", "conversations": [
         {"from": "human", "value": " Question: Is there a dog?\nOptions: (A) yes (B) no "},
         {"from": "gpt", "value": "B"}]},

@@ -82,10 +82,11 @@ def tokenize_record(record: dict[str, Any], tokenizer, template: ConversationTem
     if any(IMAGE_TAG in answer for _, answer in turns):
         raise DataError(f"an answer contains {IMAGE_TAG}", "image tag in answer", record_id=rid)
     if template.plain:
-        if len(turns) != 1 or IMAGE_TAG not in turns[0][0]:
+        has_tag = bool(turns) and IMAGE_TAG in turns[0][0]
+        if len(turns) != 1 or not has_tag:
             raise DataError(f"the {template.name} template takes one human turn with {IMAGE_TAG} and one caption "
                             f"(LLaVA's preprocess_plain), got {len(turns)} turn(s)"
-                            + ("" if IMAGE_TAG in turns[0][0] else f" and no {IMAGE_TAG}"), "bad turns", record_id=rid)
+                            + ("" if has_tag else f" and no {IMAGE_TAG}"), "bad turns", record_id=rid)
         ids = encode_with_images(tokenizer, template.render_conversation(turns), image_id)
         prompt_len = len(encode_with_images(tokenizer, IMAGE_TAG, image_id))
         labels = [IGNORE_INDEX] * prompt_len + ids[prompt_len:]
