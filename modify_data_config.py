@@ -1,9 +1,11 @@
-"""Move the <image> tag to the beginning of each record's first human turn.
+"""Move the <image> tag to the front of its turn, as LLaVA's training does to every record.
 
     python modify_data_config.py IN.json OUT.json
 
 γ-MoD's data step: with the image right after the system prompt, the routable prefix (system
-prompt + image tokens) is contiguous. A thin wrapper over gamma_mod.data.convert.move_image_to_front.
+prompt + image tokens) is contiguous. gamma-mod training applies the same rule itself, so this
+writes out, for inspection or reuse, exactly the conversations the model is trained on.
+A thin wrapper over gamma_mod.data.convert.move_image_to_front.
 """
 
 import argparse

@@ -106,6 +106,19 @@ def test_skip_mode_logs_counts_per_reason(tokenizer, folder, caplog):
     assert "skipped 3 of 5 records: 2 missing image, 1 too long" in caplog.text
 
 
+def test_truncate_mode_keeps_over_long_samples_cut_and_counted(tokenizer, folder, caplog):
+    long = BAD["too long"]
+    with caplog.at_level(logging.WARNING, logger="gamma_mod.data.dataset"):
+        dataset = make(tokenizer, folder, [GOOD, long, TEXT_ONLY], on_overlong="truncate")
+    limit = max_length_for(tokenizer)
+    full = tokenize_record(long, tokenizer, get_template("vicuna_v1"), NUM_IMAGE_TOKENS, 4096)
+    assert len(full.input_ids) > limit
+    assert dataset[1]["input_ids"].tolist() == full.input_ids[:limit]
+    assert dataset[1]["labels"].tolist() == full.labels[:limit]
+    assert (dataset.truncated, dataset.official_masked, dataset.skipped) == (1, 0, {})
+    assert f"truncated 1 of 3 samples to max_length {limit}" in caplog.text
+
+
 def test_file_level_errors_name_the_file(tokenizer, tmp_path):
     path = tmp_path / "dict.json"
     path.write_text(json.dumps({"id": "x"}))
@@ -115,6 +128,8 @@ def test_file_level_errors_name_the_file(tokenizer, tmp_path):
         SupervisedDataset(tmp_path / "absent.json", tmp_path, tokenizer, PROCESSOR, get_template("vicuna_v1"), 4, 64)
     with pytest.raises(ValueError, match="on_bad_record"):
         SupervisedDataset(path, tmp_path, tokenizer, PROCESSOR, get_template("vicuna_v1"), 4, 64, on_bad_record="drop")
+    with pytest.raises(ValueError, match="on_overlong"):
+        SupervisedDataset(path, tmp_path, tokenizer, PROCESSOR, get_template("vicuna_v1"), 4, 64, on_overlong="cut")
 
 
 def test_items_lengths_and_images(tokenizer, folder):

@@ -1,4 +1,5 @@
-"""Tokenizer, templates and label masking, pinned against ids built by hand from the vocabulary layout."""
+"""Tokenizer, templates and label masking on our word-level tokenizer, pinned against ids built by
+hand from the vocabulary layout (the Llama sentencepiece case: test_official_tokenization.py)."""
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -10,8 +11,8 @@ from gamma_mod.data.templates import TEMPLATES, get_template
 from gamma_mod.data.tokenizer import IMAGE_TOKEN, build_tokenizer, load_tokenizer, model_token_ids
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-SYSTEM = ("a chat between a curious human and an artificial intelligence assistant . the assistant gives helpful , "
-          "detailed , and polite answers to the human ' s questions .").split()
+SYSTEM = ("a chat between a curious user and an artificial intelligence assistant . the assistant gives helpful , "
+          "detailed , and polite answers to the user ' s questions .").split()
 # The first record of llava_v1_5_mix665k.json (two of its three rounds); the tag is AFTER the question there.
 RECORD = {
     "id": "000000033471",
@@ -45,6 +46,7 @@ def test_vocabulary_layout_and_word_splitting(tokenizer):
     assert tokenizer.get_vocab() == VOCAB
     ids = tokenizer("USER: What are the colors?\n<image> zebra", add_special_tokens=False)["input_ids"]
     assert ids == hand(["user", ":", "what", "are", "the", "colors", "?"]) + [IMG, UNK]
+    assert tokenizer("USER:")["input_ids"] == [BOS] + hand(["user", ":"])  # BOS first, as Llama's
     assert model_token_ids(tokenizer) == dict(vocab_size=len(VOCAB), image_token_index=IMG, pad_token_id=PAD,
                                               bos_token_id=BOS, eos_token_id=EOS)
 
@@ -73,28 +75,41 @@ def test_load_tokenizer_adds_image_and_pad_to_a_foreign_tokenizer(tmp_path):
 
 
 def test_templates():
-    vicuna = get_template("vicuna_v1")
-    assert set(TEMPLATES) == {"vicuna_v1", "plain"}
+    vicuna, llava = get_template("vicuna_v1"), get_template("llava_v1")
+    assert set(TEMPLATES) == {"vicuna_v1", "llava_v1", "plain"}
+    # LLaVA's conv_vicuna_v1 (what LLaVA-1.5 trained with and every eval script passes) vs conv_llava_v1.
     assert vicuna.render_prompt("<image>\nWhat is it?") == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: <image>\nWhat is it? ASSISTANT:")
+    assert llava.render_prompt(" x ") == (
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-        "detailed, and polite answers to the human's questions. USER: <image>\nWhat is it? ASSISTANT:")
-    assert vicuna.render_conversation([("Hi", "Hello."), ("Bye", "Bye.")]).endswith(
-        "USER: Hi ASSISTANT: Hello.</s> USER: Bye ASSISTANT: Bye.</s>")
+        "detailed, and polite answers to the human's questions. USER:  x  ASSISTANT:")  # verbatim
+    # sep2 "</s>" ends an answer, the next "USER" follows it without a space
+    assert vicuna.render_conversation([("Hi", "Hello."), ("Bye", " Bye. ")]).endswith(
+        "questions. USER: Hi ASSISTANT: Hello.</s>USER: Bye ASSISTANT:  Bye. </s>")
+    assert vicuna.render(["Hi", ""]).endswith(" USER: Hi ASSISTANT:")  # an empty message leaves the role open
     plain = get_template("plain")
-    assert plain.render_prompt("Describe it.\n<image>") == "<image>"  # stage 1 drops the instruction
-    assert plain.render_conversation([("<image>", "two cats")]) == "<image> two cats</s>"
+    assert plain.render_prompt("<image>\nDescribe it.") == "<image>\nDescribe it.\n"
+    # stage 1 drops the instruction, keeps the caption as it is and ends it with "\n"
+    assert plain.render_conversation([("Describe it.\n<image>", " two cats ")]) == "<image> two cats \n"
+    with pytest.raises(ValueError, match="takes one .image, caption. pair"):
+        plain.render_conversation([("<image>", "a"), ("b", "c")])
     with pytest.raises(ValueError, match="unknown conversation template 'llama_2'"):
         get_template("llama_2")
 
 
 def test_label_masking_multi_turn_vicuna_by_hand(tokenizer):
     sample = tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), num_image_tokens=3, max_length=512)
-    user, assistant = hand(["user", ":"]), hand(["assistant", ":"])
-    prompt1 = [BOS] + hand(SYSTEM) + user + hand(Q1) + [IMG] * 3 + assistant
+    user, assistant, colon = hand(["user", ":"]), hand(["assistant"]), hand([":"])
+    # The image tag is moved before the question (LLaVA's preprocess_multimodal). LLaVA masks each
+    # instruction as len(tokens of "... ASSISTANT: ") - 2, counting on a token for the trailing space
+    # ("▁" on Llama); a word-level tokenizer has none, so the ":" before each answer is supervised.
+    prompt1 = [BOS] + hand(SYSTEM) + user + [IMG] * 3 + hand(Q1) + assistant
     prompt2 = user + hand(Q2) + assistant
-    answer1, answer2 = hand(A1) + [EOS], hand(A2) + [EOS]
+    answer1, answer2 = colon + hand(A1) + [EOS], colon + hand(A2) + [EOS]
     assert sample.input_ids == prompt1 + answer1 + prompt2 + answer2
     assert sample.labels == ([IGNORE_INDEX] * len(prompt1) + answer1 + [IGNORE_INDEX] * len(prompt2) + answer2)
+    assert not sample.official_masked
 
 
 def test_plain_template_supervises_the_caption_only(tokenizer):
@@ -102,7 +117,7 @@ def test_plain_template_supervises_the_caption_only(tokenizer):
         {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
         {"from": "gpt", "value": "two cats on a sofa"}]}
     sample = tokenize_record(record, tokenizer, get_template("plain"), num_image_tokens=4, max_length=64)
-    caption = hand("two cats on a sofa".split()) + [EOS]
+    caption = hand("two cats on a sofa".split())  # + "\n", which a word-level tokenizer drops; no </s>
     assert sample.input_ids == [BOS] + [IMG] * 4 + caption
     assert sample.labels == [IGNORE_INDEX] * 5 + caption
 
@@ -113,6 +128,7 @@ def test_one_image_tag_becomes_num_image_tokens_contiguous_masked_tokens(tokeniz
     positions = [i for i, t in enumerate(sample.input_ids) if t == IMG]
     assert len(positions) == num_image_tokens
     assert positions == list(range(positions[0], positions[0] + num_image_tokens))
+    assert positions[0] == 1 + len(SYSTEM) + 2  # right after "USER:", before the question
     assert all(sample.labels[i] == IGNORE_INDEX for i in positions)
 
 
@@ -122,16 +138,21 @@ def test_text_only_record(tokenizer):
     sample = tokenize_record(record, tokenizer, get_template("vicuna_v1"), num_image_tokens=64, max_length=64)
     assert IMG not in sample.input_ids
     assert [t for t, l in zip(sample.input_ids, sample.labels) if l != IGNORE_INDEX] == hand(
-        ["an", "advertisement", "."]) + [EOS]
+        [":", "an", "advertisement", "."]) + [EOS]
 
 
 def test_over_long_sample_names_record_and_lengths(tokenizer):
-    n = len(tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), 10, 4096).input_ids)
+    full = tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), 10, 4096)
+    n = len(full.input_ids)
     assert tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), 10, max_length=n).input_ids  # fits exactly
     with pytest.raises(DataError, match=rf"record 000000033471: {n} tokens .*1 x 10 image.* exceed max_length {n - 1}"
                        ) as info:
         tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), 10, max_length=n - 1)
     assert info.value.reason == "too long"
+    cut = tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), 10, max_length=n - 1, on_overlong="truncate")
+    assert (cut.input_ids, cut.labels, cut.truncated) == (full.input_ids[:-1], full.labels[:-1], True)
+    with pytest.raises(ValueError, match="on_overlong must be one of"):
+        tokenize_record(RECORD, tokenizer, get_template("vicuna_v1"), 10, n, on_overlong="drop")
 
 
 def test_image_tag_in_an_answer_is_an_error(tokenizer):
@@ -142,35 +163,48 @@ def test_image_tag_in_an_answer_is_an_error(tokenizer):
 
 
 class MergingTokenizer:
-    """A tokenizer that merges "assistant : the" into one token when it sees the whole text, as a BPE
-    tokenizer can merge across piece boundaries: the masks would then be shifted."""
+    """A tokenizer that merges ". </s>" into one token when it sees them together, as a BPE tokenizer
+    can merge across a boundary: LLaVA's round lengths (counted without the "</s>") no longer add up."""
+
+    legacy = True
 
     def __init__(self, inner):
         self.inner = inner
         self.bos_token_id, self.eos_token_id, self.unk_token_id = inner.bos_token_id, inner.eos_token_id, UNK
+        self.pad_token_id = inner.pad_token_id
 
     def convert_tokens_to_ids(self, token):
         return self.inner.convert_tokens_to_ids(token)
 
-    def decode(self, ids):
-        return self.inner.decode(ids)
-
-    def __call__(self, text, add_special_tokens=False):
-        ids = self.inner(text, add_special_tokens=False)["input_ids"]
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        if return_offsets_mapping:
+            raise NotImplementedError("no offsets")
+        ids = self.inner(text, add_special_tokens=add_special_tokens)["input_ids"]
         merged, i = [], 0
-        pattern = hand(["assistant", ":", "the"])
+        pattern = hand(["."]) + [EOS]
         while i < len(ids):
-            if ids[i:i + 3] == pattern:
-                merged.append(VOCAB["assistant"])
-                i += 3
+            if ids[i:i + 2] == pattern:
+                merged.append(EOS)
+                i += 2
             else:
                 merged.append(ids[i])
                 i += 1
         return {"input_ids": merged}
 
 
-def test_tokenization_mismatch_is_an_error_not_a_masked_sample(tokenizer):
-    with pytest.raises(DataError, match="record 000000033471: tokenization mismatch") as info:
+def test_where_llava_would_mask_everything_we_supervise_the_answers(tokenizer):
+    """LLaVA masks a whole sample when its round lengths miss; we keep the answers, flagged."""
+    record = {"id": "odd", "image": "x.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat are the colors? ASSISTANT: the bus"},
+        {"from": "gpt", "value": "The bus in the image is white and red."}]}
+    sample = tokenize_record(record, tokenizer, get_template("vicuna_v1"), 1, 512)
+    assert sample.official_masked
+    # the answer (whose first token carries no space here) and its </s>; not the ":" LLaVA's rule would add
+    assert [t for t, l in zip(sample.input_ids, sample.labels) if l != IGNORE_INDEX] == hand(A1) + [EOS]
+
+
+def test_a_mismatch_without_character_offsets_is_an_error_not_a_masked_sample(tokenizer):
+    with pytest.raises(DataError, match="record 000000033471: tokenization mismatch .*no character offsets") as info:
         tokenize_record(RECORD, MergingTokenizer(tokenizer), get_template("vicuna_v1"), 2, 512)
     assert info.value.reason == "tokenization mismatch"
 

@@ -21,14 +21,17 @@ def record(rid, first, image="x.jpg"):
     return r
 
 
+# LLaVA's preprocess_multimodal: "<image>\n" + the message without the tag, stripped; what was
+# around the tag stays (a double newline, a double space), as the official training sees it.
 @pytest.mark.parametrize("value, expected", [
     ("What are the colors of the bus in the image?\n<image>", "<image>\nWhat are the colors of the bus in the image?"),
     ("<image>\nWhat is this?", "<image>\nWhat is this?"),
     ("<image>", "<image>"),
-    ("Context line\n<image>\nQuestion?", "<image>\nContext line\nQuestion?"),
-    ("Look at <image> and answer.", "<image>\nLook at and answer."),
+    ("Context line\n<image>\nQuestion?", "<image>\nContext line\n\nQuestion?"),
+    ("Look at <image> and answer.", "<image>\nLook at  and answer."),
     ("<image>What is this?", "<image>\nWhat is this?"),
     ("Describe.\n\n<image>\n", "<image>\nDescribe."),
+    ("  <image>\n  Indented?  ", "<image>\nIndented?"),
 ])
 def test_image_first(value, expected):
     assert image_first(value) == expected
@@ -40,6 +43,7 @@ def test_move_image_to_front_counts_only_changed_records():
         record("front", "<image>\nWhat is this?"),
         record("text", "Hi there", image=None),
         record("two-tags", "<image> vs <image>"),
+        record("tag-no-image", "What is this?\n<image>", image=None),  # an error for the dataset; left alone
         {"id": "empty", "conversations": []},
     ]
     original = json.loads(json.dumps(records))

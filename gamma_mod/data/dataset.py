@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .formats import DataError, read_records, record_id, validate_record
-from .preprocess import IGNORE_INDEX, TokenizedSample, tokenize_record
+from .preprocess import IGNORE_INDEX, OVERLONG_MODES, TokenizedSample, tokenize_record
 from .templates import ConversationTemplate
 
 logger = logging.getLogger(__name__)
@@ -56,15 +56,22 @@ class SupervisedDataset(Dataset):
 
     on_bad_record: "error" raises the first DataError (it names the file and record id); "skip"
     drops bad records, logs how many per reason and keeps the counts in `.skipped`.
+    on_overlong: "error" makes a sample longer than max_length a bad record ("too long");
+    "truncate" cuts it as LLaVA does, counted in `.truncated` and the log. `.official_masked`
+    counts the samples LLaVA's "tokenization mismatch" rule would have masked entirely (we train
+    them; see gamma_mod.data.preprocess), logged so runs can be compared.
     Items: input_ids, labels (1-D long tensors), sample_id, and pixel_values (3, S, S) when the
     record has an image.
     """
 
     def __init__(self, json_path: str | Path, image_folder: str | Path | None, tokenizer,
                  image_processor, template: ConversationTemplate, num_image_tokens: int, max_length: int,
-                 on_bad_record: str = "error") -> None:
+                 on_bad_record: str = "error", on_overlong: str = "error") -> None:
         if on_bad_record not in BAD_RECORD_MODES:
             raise ValueError(f"on_bad_record must be one of {BAD_RECORD_MODES}, got {on_bad_record!r}")
+        if on_overlong not in OVERLONG_MODES:
+            raise ValueError(f"on_overlong must be one of {OVERLONG_MODES}, got {on_overlong!r}")
+        self.on_overlong = on_overlong
         self.json_path = Path(json_path)
         self.image_processor = image_processor
         self.image_folder = Path(image_folder) if image_folder else None
@@ -85,6 +92,14 @@ class SupervisedDataset(Dataset):
         if counts:
             detail = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
             logger.warning("%s: skipped %d of %d records: %s", json_path, counts.total(), len(records), detail)
+        self.truncated = sum(e.sample.truncated for e in self.entries)
+        self.official_masked = sum(e.sample.official_masked for e in self.entries)
+        if self.truncated:
+            logger.warning("%s: truncated %d of %d samples to max_length %d (data.on_overlong: truncate)", json_path,
+                           self.truncated, len(self.entries), max_length)
+        if self.official_masked:
+            logger.warning("%s: %d of %d samples would be fully masked by LLaVA's tokenization-mismatch rule "
+                           "(they train here)", json_path, self.official_masked, len(self.entries))
         logger.info("%s: %d records ready", json_path, len(self.entries))
 
     def _prepare(self, record: Any, index: int, tokenizer, template, num_image_tokens, max_length) -> _Entry:
@@ -96,7 +111,7 @@ class SupervisedDataset(Dataset):
                 raise DataError("has an image but no image folder was given", "missing image")
             image = self.image_folder / record["image"]
             check_image(image, rid)  # fail now, not mid-epoch
-        sample = tokenize_record(record, tokenizer, template, num_image_tokens, max_length)
+        sample = tokenize_record(record, tokenizer, template, num_image_tokens, max_length, self.on_overlong)
         return _Entry(rid, sample, image)
 
     def __len__(self) -> int:

@@ -104,6 +104,9 @@ def synthetic_vocabulary() -> list[str]:
 
 
 SYNTHETIC_VOCAB: tuple[str, ...] = tuple(synthetic_vocabulary())
+# Bumped when build_tokenizer changes behaviour (2: BOS added like Llama's), so a cached dataset's
+# tokenizer is rebuilt.
+TOKENIZER_VERSION = 2
 
 
 def _record(rid: str, image: str, question: str, answer: str) -> dict:
@@ -134,7 +137,7 @@ def write_synthetic_dataset(out_dir: str | Path, n_captions: int = 2000, n_vqa_t
     images = root / "images"
     # The vocabulary is part of the key: a changed wording must not reuse a stale tokenizer.
     params = dict(n_captions=n_captions, n_vqa_train=n_vqa_train, n_vqa_test=n_vqa_test, image_size=image_size, seed=seed,
-                  vocab=list(SYNTHETIC_VOCAB))
+                  vocab=list(SYNTHETIC_VOCAB), tokenizer_version=TOKENIZER_VERSION)
     meta_path = root / "synthetic.json"
     paths = dict(root=root, images=images, stage1=root / "stage1.json", stage2_train=root / "stage2_train.json",
                  stage2_test=root / "stage2_test.json", tokenizer=root / "tokenizer")

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from .prompts import MAX_NEW_TOKENS_PRESETS, PromptOptions, max_new_tokens_for, read_benchmark_questions
 from .scorers import SCORERS, get_benchmark
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="default: <model>/eval/<benchmark>")
     parser.add_argument("--template", default="vicuna_v1", help="conversation template (LLaVA-v1.5: vicuna_v1)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the benchmark's official value (see --max-new-tokens-preset)")
+    parser.add_argument("--max-new-tokens-preset", default="gamma-mod", choices=MAX_NEW_TOKENS_PRESETS,
+                        help="gamma-mod: the values γ-MoD's answer scripts hard-code (6 short-answer, 1 ScienceQA, "
+                             "1024 MMBench, 64 MM-Vet); llava-1.5: LLaVA-1.5's (128, 1024, 1024, 1024)")
+    parser.add_argument("--mmbench-single-pred-prompt", action="store_true",
+                        help="append the letter instruction to MMBench prompts (eval/mmbench.sh; the documented "
+                             "eval_full/mmbench.sh does not)")
+    parser.add_argument("--scienceqa-all-questions", action="store_true",
+                        help="also answer ScienceQA's text-only questions (LLaVA-1.5; γ-MoD skips them)")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions (smoke runs)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -65,7 +75,9 @@ def build_encoder(tokenizer, config, template_name: str):
 
     def encode(question):
         image = load_image(question) if processor is not None else None
-        text = question.text if image is not None else question.text.replace("<image>", "").strip()
+        text = question.text
+        if image is None and "<image>" in text:  # a model without a vision tower
+            text = text.replace("<image>", "").strip()
         pixels = processor(image) if image is not None else None
         return encode_prompt(tokenizer, template, text, num_image_tokens), pixels
 
@@ -97,12 +109,16 @@ def run(args: argparse.Namespace) -> int:
             logger.warning("official compat mode with --batch-size %d: the official decode rule follows batch row 0, "
                            "so answers depend on the batch; the official numbers use --batch-size 1", args.batch_size)
         tokenizer = load_tokenizer(args.model)
-        questions = benchmark.read_questions(data)
+        questions = read_benchmark_questions(benchmark, data, PromptOptions(
+            mmbench_single_pred_prompt=args.mmbench_single_pred_prompt,
+            scienceqa_all_questions=args.scienceqa_all_questions))
         if args.limit is not None:
             questions = questions[:args.limit]
         logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
         generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
-                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or benchmark.max_new_tokens)
+                         batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens or max_new_tokens_for(
+                             benchmark.name, args.max_new_tokens_preset, default=benchmark.max_new_tokens))
     metrics = benchmark.run(answers, data, out, score_options)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))

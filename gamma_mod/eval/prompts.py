@@ -1,25 +1,165 @@
-"""Real prompts for the speed report: the first questions of a LLaVA-format file, left-padded."""
+"""What the model is asked: each benchmark's prompts and generation length as the official answer
+scripts build them, and real prompts for the speed report.
+
+The reference is γ-MoD's answer scripts (Yaxin9Luo/Gamma-MOD gamma_mod/eval/, run by
+scripts/v1_5/eval_full/*.sh with `--conv-mode vicuna_v1 --temperature 0`), forks of LLaVA-1.5's
+(haotian-liu/LLaVA llava/eval/ + scripts/v1_5/eval/*.sh):
+
+- model_vqa_loader (GQA, VQAv2, VizWiz, TextVQA, POPE, MME, SEED): "<image>\\n" + the question
+  file's text, verbatim. max_new_tokens 6 (γ-MoD, hard-coded) / 128 (LLaVA-1.5's default).
+- model_vqa_science (ScienceQA, `--single-pred-prompt`): "<image>\\n" + the first human turn
+  without its tag, stripped, + "\\n" + the letter instruction. γ-MoD skips the questions that have
+  no image (`continue`) and generates 1 token; LLaVA-1.5 answers all, up to 1024 tokens.
+- model_vqa_mmbench (MMBench): hint + "\\n" + question (no hint when it is empty / NaN / "none"),
+  then "\\nA. ..." per option up to the first absent one, values verbatim (pandas' read_table
+  strips nothing); the letter instruction only with `--single-pred-prompt`, which γ-MoD's documented
+  eval_full/mmbench.sh does not pass (its older eval/mmbench.sh and LLaVA-1.5's do). 1024 tokens.
+- model_vqa (MM-Vet): "<image>\\n" + the text, verbatim. 64 tokens (γ-MoD) / 1024 (LLaVA-1.5).
+
+Every prompt then goes through the `vicuna_v1` template and LLaVA's chunk-wise tokenization
+(gamma_mod.data.preprocess.encode_prompt); greedy decoding, 1 beam. Deliberate deviation: γ-MoD's
+scripts stop after the first 20000 questions (`max_samples`; VQAv2 test-dev has 107394); we answer
+all. MMBench's `--all-rounds` (circular rotation) and the Chinese instruction are not reproduced
+(no official script passes them for MMBench-en).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from PIL import Image
+from .questions import IMAGE_TAG, Question
+from .scorers import mmbench, scienceqa
 
-from .answer import left_pad
-from .speed import SpeedInputs
+logger = logging.getLogger(__name__)
+
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+MAX_NEW_TOKENS_PRESETS = ("gamma-mod", "llava-1.5")
+
+
+@dataclass(frozen=True)
+class AnswerScript:
+    """The official script that answers a benchmark, and the answer length each codebase allows."""
+
+    script: str
+    gamma_mod_max_new_tokens: int  # hard-coded in γ-MoD's copy of the script
+    llava_max_new_tokens: int  # LLaVA-1.5's value (model_vqa_loader's --max_new_tokens default: 128)
+
+
+_LOADER = AnswerScript("model_vqa_loader", 6, 128)
+ANSWER_SCRIPTS: dict[str, AnswerScript] = {
+    "gqa": _LOADER, "vqav2": _LOADER, "vizwiz": _LOADER, "textvqa": _LOADER, "pope": _LOADER, "mme": _LOADER,
+    "seed_bench": _LOADER,
+    "scienceqa": AnswerScript("model_vqa_science", 1, 1024),
+    "mmbench": AnswerScript("model_vqa_mmbench", 1024, 1024),
+    "mm-vet": AnswerScript("model_vqa", 64, 1024),
+    "synthetic": AnswerScript("(ours: one-word answers)", 8, 8),
+}
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """Switches between the documented γ-MoD scripts (defaults) and their other official variants."""
+
+    mmbench_single_pred_prompt: bool = False  # True: eval/mmbench.sh and LLaVA-1.5's mmbench.sh
+    scienceqa_all_questions: bool = False  # True: LLaVA-1.5's model_vqa_science (text-only ones too)
+
+
+def max_new_tokens_for(benchmark: str, preset: str = "gamma-mod", default: int | None = None) -> int:
+    """The benchmark's answer length under `preset`; `default` for a benchmark with no official script."""
+    if preset not in MAX_NEW_TOKENS_PRESETS:
+        raise ValueError(f"unknown max_new_tokens preset {preset!r}; known: {MAX_NEW_TOKENS_PRESETS}")
+    script = ANSWER_SCRIPTS.get(benchmark)
+    if script is None:
+        if default is None:
+            raise ValueError(f"no answer script known for benchmark {benchmark!r}; known: {sorted(ANSWER_SCRIPTS)}")
+        return default
+    return script.gamma_mod_max_new_tokens if preset == "gamma-mod" else script.llava_max_new_tokens
+
+
+def read_benchmark_questions(benchmark, data_dir: str | Path, options: PromptOptions = PromptOptions()
+                             ) -> list[Question]:
+    """`benchmark`'s questions (a gamma_mod.eval.scorers.Benchmark) with the official prompts."""
+    root = Path(data_dir)
+    if benchmark.name == "mmbench":
+        return read_mmbench_questions(root / mmbench.QUESTIONS, options.mmbench_single_pred_prompt)
+    if benchmark.name == "scienceqa":
+        return read_scienceqa_questions(root / scienceqa.QUESTIONS, root / scienceqa.IMAGES,
+                                        options.scienceqa_all_questions)
+    return benchmark.read_questions(root)
+
+
+def read_scienceqa_questions(question_file: str | Path, image_folder: str | Path, all_questions: bool = False
+                             ) -> list[Question]:
+    """model_vqa_science with --single-pred-prompt over LLaVA's llava_test_CQM-A.json."""
+    questions, text_only = [], 0
+    for record in json.loads(Path(question_file).read_text()):
+        image = record.get("image")
+        if not image:
+            text_only += 1
+            if not all_questions:
+                continue
+        text = record["conversations"][0]["value"].replace(IMAGE_TAG, "").strip()
+        text = (f"{IMAGE_TAG}\n{text}" if image else text) + "\n" + LETTER_INSTRUCTION
+        questions.append(Question(question_id=record["id"], text=text,
+                                  image=str(Path(image_folder) / image) if image else None))
+    if text_only and not all_questions:
+        logger.info("%s: skipped %d text-only questions, as γ-MoD's model_vqa_science does "
+                    "(--scienceqa-all-questions answers them)", question_file, text_only)
+    return questions
+
+
+def mmbench_is_none(value: str | None) -> bool:
+    """model_vqa_mmbench's is_none over what pandas.read_table makes of a cell: its default NA
+    strings become NaN; "nan" / "none" in any case count as absent too."""
+    return value is None or value in _PANDAS_NA or value.lower() in ("nan", "none")
+
+
+# pandas' default na_values (pandas.io.parsers STR_NA_VALUES), matched exactly, unstripped.
+_PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                        "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def mmbench_prompt(row: dict[str, str], single_pred_prompt: bool = False) -> str:
+    """The user turn model_vqa_mmbench builds from one TSV row (values verbatim)."""
+    options = []
+    for letter in "ABCD":
+        if mmbench_is_none(row.get(letter)):
+            break  # the official loop stops at the first absent option
+        options.append((letter, row[letter]))
+    question = row["question"]
+    if not mmbench_is_none(row.get("hint")):
+        question = row["hint"] + "\n" + question
+    for letter, option in options:
+        question += "\n" + letter + ". " + option
+    text = f"{IMAGE_TAG}\n{question}"
+    return text + "\n" + LETTER_INSTRUCTION if single_pred_prompt else text
+
+
+def read_mmbench_questions(tsv: str | Path, single_pred_prompt: bool = False) -> list[Question]:
+    return [Question(question_id=int(row["index"]), text=mmbench_prompt(row, single_pred_prompt),
+                     extra={"category": row.get("category", ""), "_image_base64": row["image"]})
+            for row in mmbench.read_rows(tsv)]
 
 
 def prompts_from_dataset(model_dir: str, data_json: str, image_folder: str | None, num_samples: int,
-                         template: str = "vicuna_v1") -> SpeedInputs:
+                         template: str = "vicuna_v1"):
+    """Real prompts for the speed report: the first questions of a LLaVA-format file (their image
+    tag moved first, as training sees them), left-padded. Returns SpeedInputs.
+
+    torch and the model stack are imported here: the question readers above stay light."""
+    import torch
+    from PIL import Image
     from transformers import AutoConfig
 
-    from ..data.preprocess import encode_prompt
+    from ..data.preprocess import encode_prompt, record_turns
     from ..data.templates import get_template
     from ..data.tokenizer import load_tokenizer
     from ..model.vision import ImageProcessor
+    from .answer import left_pad
+    from .speed import SpeedInputs
 
     config = AutoConfig.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -29,9 +169,10 @@ def prompts_from_dataset(model_dir: str, data_json: str, image_folder: str | Non
         raise ValueError(f"{data_json}: no records with an image")
     prompts, pixels = [], []
     for r in records:
-        prompts.append(encode_prompt(tokenizer, get_template(template), r["conversations"][0]["value"],
+        prompts.append(encode_prompt(tokenizer, get_template(template), record_turns(r)[0][0],
                                      config.num_image_tokens))
         with Image.open(Path(image_folder or ".") / r["image"]) as img:
             pixels.append(processor(img))
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     return SpeedInputs(ids, mask, torch.stack(pixels))
+

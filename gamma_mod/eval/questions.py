@@ -25,8 +25,8 @@ class Question:
 
 
 def with_image_tag(text: str, has_image: bool) -> str:
-    """LLaVA's model_vqa_loader prepends `<image>\\n` to the question when there is an image."""
-    text = text.replace(IMAGE_TAG, "").strip()
+    """LLaVA's model_vqa_loader / model_vqa: `<image>\\n` + the question file's text, verbatim
+    (no stripping: its whitespace reaches the tokenizer as the official scripts pass it)."""
     return f"{IMAGE_TAG}\n{text}" if has_image else text
 
 

@@ -66,10 +66,13 @@ class DataArgs:
     template: str = "vicuna_v1"
     max_length: int = 2048
     on_bad_record: str = "error"  # error | skip (skipped records are counted in the log)
+    on_overlong: str = "error"  # error | truncate (LLaVA's behaviour: cut to max_length, counted in the log)
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in ("error", "skip"):
             raise ValueError("data.on_bad_record must be 'error' or 'skip'")
+        if self.on_overlong not in ("error", "truncate"):
+            raise ValueError("data.on_overlong must be 'error' or 'truncate'")
 
 
 @dataclass

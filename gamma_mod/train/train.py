@@ -195,6 +195,7 @@ def build_dataset(cfg: TrainConfig, tokenizer, model):
     dataset = SupervisedDataset(
         cfg.data.train_json, cfg.data.image_folder, tokenizer, ImageProcessor.from_model_config(model.config),
         get_template(cfg.data.template), model.config.num_image_tokens, cfg.data.max_length, cfg.data.on_bad_record,
+        cfg.data.on_overlong,
     )
     if len(dataset) == 0:
         raise ValueError(f"{cfg.data.train_json}: no usable records")
