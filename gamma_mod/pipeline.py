@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k-dense", type=int, default=None,
                         help="dense layers: first, last, then the highest ARank (default: the paper's 4 of 32 "
                              "scaled to the model's depth, at least 2)")
-    parser.add_argument("--model", default="tiny", help="model spec under configs/model/")
+    parser.add_argument("--model", default="tiny", help="built-in model spec name (gamma_mod/configs/model/) or a YAML path")
     parser.add_argument("--stage1-config", default="stage1_tiny")
     parser.add_argument("--stage2-config", default="stage2_tiny")
     parser.add_argument("--adapt-epochs", type=float, default=1.0, help="MoD SFT epochs (the dense baseline gets the same)")
@@ -158,7 +158,7 @@ def format_report(rows: list[PipelineReport], chance: float) -> str:
 def train_stage(config_name: str, out: Path, data, stage: str, model: str | None = None, init: Path | None = None,
                 seed: int = 0, extra: list[str] = ()) -> None:
     from .config import load_config
-    from .model.builder import CONFIG_DIR
+    from .packaged import resolve_config
     from .train.args import TrainConfig
     from .train.train import run_training
 
@@ -171,10 +171,7 @@ def train_stage(config_name: str, out: Path, data, stage: str, model: str | None
         if model:
             overrides.append(f"model.spec={model}")
     overrides += list(extra)
-    path = Path(config_name)
-    if not path.exists():
-        path = CONFIG_DIR / "train" / f"{config_name}.yaml"
-    run_training(load_config(TrainConfig, path, overrides))
+    run_training(load_config(TrainConfig, resolve_config("train", config_name), overrides))
 
 
 def _loader(model_dir: Path, json_path: Path, images: Path, batch_size: int):

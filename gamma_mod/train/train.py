@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, set_seed
 
-from ..config import load_config, save_config
+from ..config import ConfigError, load_config, save_config
+from ..packaged import resolve_config
 from .args import TrainConfig
 from . import checkpoint
 
@@ -192,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(TrainConfig, argv[0], argv[1:])
+    try:
+        config_path = resolve_config("train", argv[0])
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    cfg = load_config(TrainConfig, config_path, argv[1:])
     try:
         run_training(cfg)
     finally:
