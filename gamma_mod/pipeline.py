@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError, UsageError
+from .packaged import resolve_config
+
 logger = logging.getLogger("gamma_mod.pipeline")
 
 
@@ -69,9 +72,35 @@ def step(title: str):
     return time.perf_counter()
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag, before the run folder is created or touched."""
+    if not 0.0 <= args.routing_ratio < 1.0:
+        raise UsageError(f"--routing-ratio is the fraction of routable tokens skipped and must be in [0, 1), "
+                         f"got {args.routing_ratio}")
+    if args.k_dense is not None and args.k_dense < 2:
+        raise UsageError(f"--k-dense must be >= 2 (the first and the last layer stay dense), got {args.k_dense}")
+    for flag in ("arank_samples", "eval_samples", "captions", "vqa_train", "vqa_test"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.adapt_epochs <= 0:
+        raise UsageError(f"--adapt-epochs must be > 0, got {args.adapt_epochs}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise UsageError(f"--max-steps must be >= 1 (or -1: no cap), got {args.max_steps}")
+    for flag, kind, name in (("--model", "model", args.model), ("--stage1-config", "train", args.stage1_config),
+                             ("--stage2-config", "train", args.stage2_config)):
+        try:
+            resolve_config(kind, name)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{flag}: {e}") from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from .data.synthetic import write_synthetic_dataset
 
+    check_arguments(args)
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -158,11 +187,11 @@ def format_report(rows: list[PipelineReport], chance: float) -> str:
 def train_stage(config_name: str, out: Path, data, stage: str, model: str | None = None, init: Path | None = None,
                 seed: int = 0, extra: list[str] = ()) -> None:
     from .config import load_config
-    from .packaged import resolve_config
     from .train.args import TrainConfig
     from .train.train import run_training
 
-    overrides = [f"output_dir={out}", f"stage={stage}", f"optim.seed={seed}", f"data.image_folder={data.images}",
+    # resume=true: a stage interrupted after a checkpoint continues from it (a stage never trained starts fresh).
+    overrides = [f"output_dir={out}", "resume=true", f"stage={stage}", f"optim.seed={seed}", f"data.image_folder={data.images}",
                  f"data.train_json={data.stage1 if stage == 'pretrain' else data.stage2_train}"]
     if init is not None:
         overrides += [f"model.init={init}", f"model.tokenizer={init}"]

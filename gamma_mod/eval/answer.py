@@ -16,12 +16,34 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataError
 from .questions import Question
 
 # question -> (prompt input_ids, pixel_values (3, S, S) or None)
 Encoder = Callable[[Question], tuple[list[int], torch.Tensor | None]]
 
-__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "generate_answers", "left_pad"]
+__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "encode_question", "generate_answers", "left_pad"]
+
+
+def check_images(questions: list[Question]) -> None:
+    """Every question's image file exists: checked before the answer file is touched."""
+    missing = [q for q in questions if q.image is not None and not Path(q.image).is_file()]
+    if missing:
+        more = f" ({len(missing)} of {len(questions)} questions' images are missing)" if len(missing) > 1 else ""
+        raise DataError(f"question {missing[0].question_id}: image file {missing[0].image} not found{more}",
+                        "missing image")
+
+
+def encode_question(encode: Encoder, question: Question) -> tuple[list[int], torch.Tensor | None]:
+    """`encode(question)`; an image that does not open is a DataError naming the question and the file."""
+    try:
+        return encode(question)
+    except FileNotFoundError as e:
+        raise DataError(f"question {question.question_id}: image file {e.filename or question.image} not found",
+                        "missing image") from None
+    except (OSError, SyntaxError) as e:  # PIL: not an image, truncated or corrupt
+        raise DataError(f"question {question.question_id}: image file {question.image or '(embedded in the question)'} "
+                        f"is corrupt or truncated ({e})", "corrupt image") from None
 
 
 def answered_ids(path: Path) -> set[str]:
@@ -67,12 +89,14 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
     """Answer every question not yet in `out_jsonl`; returns its path. `generate_kwargs` go to
     `model.generate` (e.g. `mod_decode_start`)."""
     out = Path(out_jsonl)
-    out.parent.mkdir(parents=True, exist_ok=True)
     questions = list(questions)
     ids_seen = [str(q.question_id) for q in questions]
     if len(set(ids_seen)) != len(ids_seen):
         # Resume keys on the id: a duplicate would be silently skipped.
-        raise ValueError(f"question ids must be unique; {len(ids_seen) - len(set(ids_seen))} duplicates")
+        raise DataError(f"question ids must be unique; {len(ids_seen) - len(set(ids_seen))} duplicates",
+                        "duplicate ids")
+    check_images(questions)
+    out.parent.mkdir(parents=True, exist_ok=True)
     done = answered_ids(out)
     todo = [q for q in questions if str(q.question_id) not in done]
     model.eval()
@@ -88,7 +112,7 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
                                      unit="q", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            encoded = [encode(q) for q in chunk]
+            encoded = [encode_question(encode, q) for q in chunk]
             ids, mask = left_pad([e[0] for e in encoded], pad_id)  # (B, T)
             kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
             # Image features fill the image tokens row by row, so the images of the rows that have

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..errors import DataError
 from .scorers import SCORERS, get_benchmark
 
 logger = logging.getLogger(__name__)
@@ -70,27 +71,42 @@ def run(args: argparse.Namespace) -> int:
     benchmark = get_benchmark(args.benchmark)
     data = Path(args.data)
     out = Path(args.out) if args.out else Path(args.model) / "eval" / benchmark.name
-    out.mkdir(parents=True, exist_ok=True)
     answers = out / "answers.jsonl"
+    if not data.is_dir():
+        raise DataError(f"no benchmark data folder at {data} (--data)", "missing file")
+    if args.score_only and not answers.is_file():
+        raise DataError(f"no answers to score at {answers} (--score-only scores an earlier run's answers)",
+                        "missing file")
     if not args.score_only:
         import torch
-        from transformers import AutoModelForCausalLM
 
-        import gamma_mod  # noqa: F401  registers our model types with the Auto classes
         from ..data.tokenizer import load_tokenizer
+        from ..model.folder import load_model_folder
         from .answer import generate_answers
 
+        questions = read_questions(benchmark, data)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+        model = load_model_folder(args.model, tokenizer=True, what="--model", dtype=dtype).to(device).eval()
         tokenizer = load_tokenizer(args.model)
-        questions = benchmark.read_questions(data)
         if args.limit is not None:
             questions = questions[:args.limit]
         logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
         generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or benchmark.max_new_tokens)
+    out.mkdir(parents=True, exist_ok=True)
     metrics = benchmark.evaluate(answers, data, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))
     return 0
+
+
+def read_questions(benchmark, data: Path):
+    """The benchmark's questions; a missing or unreadable question file is a DataError naming it."""
+    try:
+        return benchmark.read_questions(data)
+    except FileNotFoundError as e:
+        raise DataError(f"no such file: the {benchmark.name} data folder {data} lacks it", "missing file",
+                        source=e.filename) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"a question file in {data} is not valid JSON ({e})", "bad json") from None
