@@ -10,13 +10,12 @@ Errors follow one rule, applied here for every sub-command (gamma_mod.errors): a
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata
 import logging
 import sys
 
-from .errors import UsageError, debug_enabled, report_errors
+from .errors import ArgumentParser, UsageError, debug_enabled, report_errors
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("gamma_mod.data.cli", "write the bundled synthetic dataset (images + LLaVA-format JSON)"),
@@ -28,13 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "skipmap": ("gamma_mod.eval.skipmap", "draw which image patches each MoD layer skipped"),
     "pipeline": ("gamma_mod.pipeline", "the whole gamma-MoD pipeline on the embedded default"),
 }
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing its usage block."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:

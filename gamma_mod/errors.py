@@ -17,6 +17,7 @@ Anything else is a bug and propagates with its traceback.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -72,6 +73,13 @@ class DataError(ValueError):
 
 
 EXPECTED_ERRORS = (UsageError, ConfigError, DataError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing its usage block and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; give the result JSON's file name")
+    if not Path(args.data).is_file():  # before the model loads: fail in a second, not a minute
+        raise DataError("no such data file (--data)", "missing file", source=args.data)
     model, loader = load_batches(args.model, args.data, args.images, args.template, args.max_length,
                                  args.batch_size, args.device, args.dtype, args.num_samples)
     if len(loader.dataset) == 0:

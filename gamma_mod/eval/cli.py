@@ -82,15 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
         from ..data.tokenizer import load_tokenizer
         from ..model.folder import load_model_folder
-        from .answer import generate_answers
+        from .answer import check_images, generate_answers
 
         questions = read_questions(benchmark, data)
+        if args.limit is not None:
+            questions = questions[:args.limit]
+        check_images(questions)  # every input is checked before anything is written
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
         model = load_model_folder(args.model, tokenizer=True, what="--model", dtype=dtype).to(device).eval()
         tokenizer = load_tokenizer(args.model)
-        if args.limit is not None:
-            questions = questions[:args.limit]
         logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
         generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or benchmark.max_new_tokens)

@@ -14,6 +14,8 @@ OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/runs/quickstart/stage2_gamma}"
 NPROC="${NPROC:-1}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HOSTFILE="${HOSTFILE:-}"
+source "$ROOT/scripts/v1_5/_launch.sh"
+require_executable "$PYTHON" PYTHON
 
 if [ ! -f "$MOD_MODEL/config.json" ]; then
   "$PYTHON" -m gamma_mod.cli convert --model "$STAGE1" --arank "$ARANK" --k-dense 2 \
@@ -23,5 +25,4 @@ OVERRIDES=("output_dir=$OUTPUT_DIR" "model.init=$MOD_MODEL" "model.tokenizer=$MO
 if [[ "$CONFIG" == *tiny* ]]; then
   OVERRIDES+=("data.train_json=$DATA_DIR/stage2_train.json" "data.image_folder=$DATA_DIR/images")
 fi
-source "$ROOT/scripts/v1_5/_launch.sh"
 launch_training "$@"
