@@ -229,7 +229,7 @@ def run_training(cfg: TrainConfig) -> Path:
     try:
         args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
     except ValueError as e:  # TrainingArguments validates its values (scheduler name, precision, ...)
-        raise ConfigError(f"optim: {e}") from None
+        raise ConfigError(f"training settings: {e}") from None
     if cfg.deepspeed:
         import deepspeed
 
