@@ -191,7 +191,8 @@ def train_stage(config_name: str, out: Path, data, stage: str, model: str | None
     from .train.train import run_training
 
     # resume=true: a stage interrupted after a checkpoint continues from it (a stage never trained starts fresh).
-    overrides = [f"output_dir={out}", "resume=true", f"stage={stage}", f"optim.seed={seed}", f"data.image_folder={data.images}",
+    overrides = [f"output_dir={out}", "resume=true", f"stage={stage}", f"optim.seed={seed}",
+                 f"data.image_folder={data.images}",
                  f"data.train_json={data.stage1 if stage == 'pretrain' else data.stage2_train}"]
     if init is not None:
         overrides += [f"model.init={init}", f"model.tokenizer={init}"]

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from gamma_mod.cli import main
+from gamma_mod.cli import COMMANDS, main
 from gamma_mod.config import ConfigError, build
 from gamma_mod.data.formats import DataError
 from gamma_mod.errors import ModelFolderError
@@ -177,7 +177,8 @@ CASES = {
                                              rf"{re.escape(NO_MODEL)}"),
     "train-missing-tokenizer": (2, lambda e: (_train(e, e.root / "o", f"model.tokenizer={e.root / 'nosuch'}"),
                                               e.root / "o"),
-                                lambda e: rf"model.tokenizer: no tokenizer folder at {re.escape(str(e.root / 'nosuch'))}"),
+                                lambda e: rf"model.tokenizer: no tokenizer folder at "
+                                          rf"{re.escape(str(e.root / 'nosuch'))}"),
     "train-unknown-recipe": (2, lambda e: (["train", "no_such_recipe", f"output_dir={e.root / 'o'}"], e.root / "o"),
                              lambda e: r"train config 'no_such_recipe': no such file"),
     "train-bad-scheduler": (2, lambda e: (_train(e, e.root / "o", "optim.lr_scheduler=cosinee"), e.root / "o"),
@@ -303,16 +304,69 @@ CASES = {
     "unknown-command": (2, lambda e: (["serve"], e.root), lambda e: r"unknown command 'serve'"),
 }
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input(case, env, capsys):
+
+def check_case(case: str, env: Env, capsys) -> None:
     code, make, pattern = CASES[case]
     argv, watched = make(env)
     before = snapshot(watched)
     got, err = run_cli(argv, capsys)
-    command = argv[0] if argv[0] != "serve" else ""
+    command = argv[0] if argv[0] in COMMANDS else ""
     assert got == code, err[-3000:]
     assert_one_error_line(err, command, pattern(env))
     assert snapshot(watched) == before, f"{watched} was created or changed"
+
+
+def cases(command: str) -> list[str]:
+    return sorted(case for case in CASES if case.startswith(f"{command}-"))
+
+
+@pytest.mark.parametrize("case", cases("synth"))
+def test_synth_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("train"))
+def test_train_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("arank"))
+def test_arank_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("convert"))
+def test_convert_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("eval"))
+def test_eval_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("speed"))
+def test_speed_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("skipmap"))
+def test_skipmap_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+@pytest.mark.parametrize("case", cases("pipeline"))
+def test_pipeline_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
+
+
+def test_unknown_command(env, capsys):
+    check_case("unknown-command", env, capsys)
+
+
+def test_every_case_belongs_to_a_test():
+    assert set(CASES) == {c for command in COMMANDS for c in cases(command)} | {"unknown-command"}
+    assert all(cases(command) for command in COMMANDS), "a sub-command without bad-input cases"
 
 
 # -- issue 13, case by case -----------------------------------------------------------------------
@@ -511,7 +565,7 @@ def test_issue6_train_loss_covers_the_whole_run_after_resume(env, tmp_path, capl
         (partial / name).unlink()
     legacy = tmp_path / "legacy"
     shutil.copytree(partial, legacy)
-    (legacy / "checkpoint-3" / "run_loss.json").unlink()  # a checkpoint written before run_loss.json existed
+    (legacy / "checkpoint-3" / "run_loss.json").unlink(missing_ok=True)  # as written before run_loss.json existed
 
     resumed = run_training(train_config(env, partial, resume=True, **cfg))
     assert step_losses(resumed) == step_losses(full)  # the resume is exact, so the means must agree

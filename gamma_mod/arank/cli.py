@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
                                  args.batch_size, args.device, args.dtype, args.num_samples)
     if len(loader.dataset) == 0:
         skipped = ", ".join(f"{n} {reason}" for reason, n in loader.dataset.skipped.items())
-        raise DataError(f"no usable records to compute ARank on ({skipped or 'the file is empty'})", "no usable records",
-                        source=args.data)
+        raise DataError(f"no usable records to compute ARank on ({skipped or 'the file is empty'})",
+                        "no usable records", source=args.data)
     result = compute_arank(model, loader, args.num_samples, tol=args.tol)
     if result.num_samples < args.num_samples:
         logger.warning("only %d usable samples (asked for %d)", result.num_samples, args.num_samples)

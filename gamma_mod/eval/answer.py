@@ -136,8 +136,8 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
     in_vocab = image_token is not None and 0 <= image_token < model.config.vocab_size  # LLaVA's -200 is not
     gen_options: dict[str, Any] = {"suppress_tokens": [image_token]} if in_vocab else {}
     gen_options.update(generate_kwargs)
-    with _AppendOnFirstWrite(out) as sink, tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering",
-                                     unit="q", disable=not progress) as bar:
+    with _AppendOnFirstWrite(out) as sink, tqdm(total=len(questions), initial=len(questions) - len(todo),
+                                                desc="answering", unit="q", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             encoded = [encode_question(encode, q) for q in chunk]
