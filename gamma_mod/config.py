@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .errors import ConfigError
+
+__all__ = ["ConfigError", "apply_override", "build", "load_config", "save_config"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError, UsageError
+from .packaged import resolve_config
+
 logger = logging.getLogger("gamma_mod.pipeline")
 
 
@@ -43,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k-dense", type=int, default=None,
                         help="dense layers: first, last, then the highest ARank (default: the paper's 4 of 32 "
                              "scaled to the model's depth, at least 2)")
-    parser.add_argument("--model", default="tiny", help="model spec under configs/model/")
+    parser.add_argument("--model", default="tiny", help="built-in model spec name (gamma_mod/configs/model/) or a YAML path")
     parser.add_argument("--stage1-config", default="stage1_tiny")
     parser.add_argument("--stage2-config", default="stage2_tiny")
     parser.add_argument("--adapt-epochs", type=float, default=1.0, help="MoD SFT epochs (the dense baseline gets the same)")
@@ -69,9 +72,35 @@ def step(title: str):
     return time.perf_counter()
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag, before the run folder is created or touched."""
+    if not 0.0 <= args.routing_ratio < 1.0:
+        raise UsageError(f"--routing-ratio is the fraction of routable tokens skipped and must be in [0, 1), "
+                         f"got {args.routing_ratio}")
+    if args.k_dense is not None and args.k_dense < 2:
+        raise UsageError(f"--k-dense must be >= 2 (the first and the last layer stay dense), got {args.k_dense}")
+    for flag in ("arank_samples", "eval_samples", "captions", "vqa_train", "vqa_test"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.adapt_epochs <= 0:
+        raise UsageError(f"--adapt-epochs must be > 0, got {args.adapt_epochs}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise UsageError(f"--max-steps must be >= 1 (or -1: no cap), got {args.max_steps}")
+    for flag, kind, name in (("--model", "model", args.model), ("--stage1-config", "train", args.stage1_config),
+                             ("--stage2-config", "train", args.stage2_config)):
+        try:
+            resolve_config(kind, name)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{flag}: {e}") from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from .data.synthetic import write_synthetic_dataset
 
+    check_arguments(args)
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -158,11 +187,12 @@ def format_report(rows: list[PipelineReport], chance: float) -> str:
 def train_stage(config_name: str, out: Path, data, stage: str, model: str | None = None, init: Path | None = None,
                 seed: int = 0, extra: list[str] = ()) -> None:
     from .config import load_config
-    from .model.builder import CONFIG_DIR
     from .train.args import TrainConfig
     from .train.train import run_training
 
-    overrides = [f"output_dir={out}", f"stage={stage}", f"optim.seed={seed}", f"data.image_folder={data.images}",
+    # resume=true: a stage interrupted after a checkpoint continues from it (a stage never trained starts fresh).
+    overrides = [f"output_dir={out}", "resume=true", f"stage={stage}", f"optim.seed={seed}",
+                 f"data.image_folder={data.images}",
                  f"data.train_json={data.stage1 if stage == 'pretrain' else data.stage2_train}"]
     if init is not None:
         overrides += [f"model.init={init}", f"model.tokenizer={init}"]
@@ -171,10 +201,7 @@ def train_stage(config_name: str, out: Path, data, stage: str, model: str | None
         if model:
             overrides.append(f"model.spec={model}")
     overrides += list(extra)
-    path = Path(config_name)
-    if not path.exists():
-        path = CONFIG_DIR / "train" / f"{config_name}.yaml"
-    run_training(load_config(TrainConfig, path, overrides))
+    run_training(load_config(TrainConfig, resolve_config("train", config_name), overrides))
 
 
 def _loader(model_dir: Path, json_path: Path, images: Path, batch_size: int):

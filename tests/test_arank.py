@@ -326,7 +326,7 @@ def test_arank_cli_writes_json_and_plot(model_folder):
     assert (model_folder / "res" / "arank.png").exists()
 
 
-def test_convert_cli_output_loads_with_mod_layers(model_folder):
+def test_convert_cli_output_loads_with_mod_layers(model_folder, capsys):
     from gamma_mod.cli import main
     from gamma_mod.mod.layer import MoDDecoderLayer
     from gamma_mod.model import LlavaLlamaForCausalLM
@@ -346,10 +346,14 @@ def test_convert_cli_output_loads_with_mod_layers(model_folder):
 
     assert main(["convert", "--model", str(dense), "--layers", "1,2", "--out", str(model_folder / "mod2")]) == 0
     assert LlavaLlamaForCausalLM.from_pretrained(model_folder / "mod2").model.mod_layer_indices == [1, 2]
-    with pytest.raises(SystemExit, match="last layer"):
-        main(["convert", "--model", str(dense), "--layers", "3", "--out", str(model_folder / "mod3")])
-    with pytest.raises(SystemExit, match="--arank is required"):
-        main(["convert", "--model", str(dense), "--out", str(model_folder / "mod4")])
+    # Usage errors: one line on stderr, exit code 2 (gamma_mod.errors), nothing written.
+    capsys.readouterr()
+    assert main(["convert", "--model", str(dense), "--layers", "3", "--out", str(model_folder / "mod3")]) == 2
+    assert "gamma-mod convert: error: layer 3 is the last layer" in capsys.readouterr().err
+    assert main(["convert", "--model", str(dense), "--out", str(model_folder / "mod4")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "gamma-mod convert: error: --arank is required (or --layers, or --mod-strategy pmod)")
+    assert not (model_folder / "mod3").exists() and not (model_folder / "mod4").exists()
 
 
 def test_arank_loader_reads_only_a_pool_of_leading_records(model_folder):

@@ -78,6 +78,6 @@ def test_script_reports_a_bad_input_file(tmp_path, capsys):
     script = runpy.run_path(str(ROOT / "modify_data_config.py"))
     src = tmp_path / "in.json"
     src.write_text(json.dumps({"id": "not-a-list"}))
-    assert script["main"]([str(src), str(tmp_path / "out.json")]) == 2
+    assert script["main"]([str(src), str(tmp_path / "out.json")]) == 1  # a data error (gamma_mod.errors)
     assert f"{src}: expected a JSON list of records, got dict" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()

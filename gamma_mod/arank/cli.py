@@ -9,6 +9,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..errors import DataError, UsageError
+from ..model.folder import load_model_folder
 from .analyze import compute_arank, plot_arank
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ def load_model(model_path: str, device: str | None = None, dtype: str = "auto"):
     from ..model import LlavaLlamaForCausalLM
 
     kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-    model = LlavaLlamaForCausalLM.from_pretrained(model_path, **kwargs)
+    model = load_model_folder(model_path, LlavaLlamaForCausalLM, tokenizer=True, what="--model", **kwargs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
 
@@ -61,6 +63,7 @@ def build_loader(model, model_path: str, data: str, images: str | None, template
     from torch.utils.data import DataLoader
 
     from ..data.dataset import DataCollator, SupervisedDataset
+    from ..data.formats import read_records
     from ..data.templates import get_template
     from ..data.tokenizer import load_tokenizer
     from ..model.vision import ImageProcessor
@@ -68,8 +71,8 @@ def build_loader(model, model_path: str, data: str, images: str | None, template
     tokenizer = load_tokenizer(model_path)
     with tempfile.TemporaryDirectory() as tmp:
         if num_samples is not None:
-            records = json.loads(Path(data).read_text())
-            if isinstance(records, list) and len(records) > record_pool(num_samples):
+            records = read_records(data)
+            if len(records) > record_pool(num_samples):
                 # The dataset keeps image paths relative to `images`, not to the JSON: a copy elsewhere is fine.
                 data = Path(tmp) / Path(data).name
                 data.write_text(json.dumps(records[: record_pool(num_samples)]))
@@ -87,8 +90,19 @@ def load_batches(model_path: str, data: str, images: str | None, template: str, 
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, value in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the result JSON's file name")
+    if not Path(args.data).is_file():  # before the model loads: fail in a second, not a minute
+        raise DataError("no such data file (--data)", "missing file", source=args.data)
     model, loader = load_batches(args.model, args.data, args.images, args.template, args.max_length,
                                  args.batch_size, args.device, args.dtype, args.num_samples)
+    if len(loader.dataset) == 0:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in loader.dataset.skipped.items())
+        raise DataError(f"no usable records to compute ARank on ({skipped or 'the file is empty'})",
+                        "no usable records", source=args.data)
     result = compute_arank(model, loader, args.num_samples, tol=args.tol)
     if result.num_samples < args.num_samples:
         logger.warning("only %d usable samples (asked for %d)", result.num_samples, args.num_samples)

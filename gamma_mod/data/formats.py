@@ -10,34 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
+
+__all__ = ["DataError", "IMAGE_TAG", "read_records", "record_id", "validate_record"]
+
 IMAGE_TAG = "<image>"
-
-
-class DataError(ValueError):
-    """A record (or data file) that cannot be used.
-
-    `reason` is a short category ("missing image", "too long", ...) that skip mode counts by;
-    `str()` names the file and the record id when they are known, so the message alone locates it.
-    """
-
-    def __init__(self, message: str, reason: str = "invalid record", *, record_id: str | None = None,
-                 source: str | Path | None = None) -> None:
-        self.message = message
-        self.reason = reason
-        self.record_id = record_id
-        self.source = str(source) if source is not None else None
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = [self.source] if self.source else []
-        if self.record_id is not None:
-            where.append(f"record {self.record_id}")
-        return ": ".join(where + [self.message])
-
-    def located(self, source: str | Path | None = None, record_id: str | None = None) -> "DataError":
-        """The same error with the file / record filled in where it was not known yet."""
-        return DataError(self.message, self.reason, record_id=self.record_id if self.record_id is not None else record_id,
-                         source=self.source if self.source is not None else source)
 
 
 def read_records(path: str | Path) -> list[Any]:

@@ -16,12 +16,36 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DataError
 from .questions import Question
 
 # question -> (prompt input_ids, pixel_values (3, S, S) or None)
 Encoder = Callable[[Question], tuple[list[int], torch.Tensor | None]]
 
-__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "generate_answers", "left_pad"]
+__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "check_images", "encode_question", "generate_answers",
+           "left_pad"]
+
+
+def check_images(questions: list[Question]) -> None:
+    """Every question's image file exists (for encoders that read `question.image` from disk): the eval
+    command checks this before anything is written."""
+    missing = [q for q in questions if q.image is not None and not Path(q.image).is_file()]
+    if missing:
+        more = f" ({len(missing)} of {len(questions)} questions' images are missing)" if len(missing) > 1 else ""
+        raise DataError(f"question {missing[0].question_id}: image file {missing[0].image} not found{more}",
+                        "missing image")
+
+
+def encode_question(encode: Encoder, question: Question) -> tuple[list[int], torch.Tensor | None]:
+    """`encode(question)`; an image that does not open is a DataError naming the question and the file."""
+    try:
+        return encode(question)
+    except FileNotFoundError as e:
+        raise DataError(f"question {question.question_id}: image file {e.filename or question.image} not found",
+                        "missing image") from None
+    except (OSError, SyntaxError) as e:  # PIL: not an image, truncated or corrupt
+        raise DataError(f"question {question.question_id}: image file {question.image or '(embedded in the question)'} "
+                        f"is corrupt or truncated ({e})", "corrupt image") from None
 
 
 def answered_ids(path: Path) -> set[str]:
@@ -60,6 +84,34 @@ def answer_line(question: Question, text: str) -> dict[str, Any]:
     return {**extra, "question_id": question.question_id, "prompt": question.text, "text": text}
 
 
+class _AppendOnFirstWrite:
+    """The answer file, opened for appending only when the first answers are written: a run that fails
+    on its first batch (an unreadable image) creates no output folder. A clean exit always leaves the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.file = path, None
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("a")
+        self.file.write(text)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def __enter__(self) -> "_AppendOnFirstWrite":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif exc_type is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+
+
 @torch.no_grad()
 def generate_answers(model, questions: Iterable[Question], encode: Encoder, tokenizer, out_jsonl: str | Path,
                      batch_size: int = 8, max_new_tokens: int = 128, progress: bool = True,
@@ -67,12 +119,12 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
     """Answer every question not yet in `out_jsonl`; returns its path. `generate_kwargs` go to
     `model.generate` (e.g. `mod_decode_start`)."""
     out = Path(out_jsonl)
-    out.parent.mkdir(parents=True, exist_ok=True)
     questions = list(questions)
     ids_seen = [str(q.question_id) for q in questions]
     if len(set(ids_seen)) != len(ids_seen):
         # Resume keys on the id: a duplicate would be silently skipped.
-        raise ValueError(f"question ids must be unique; {len(ids_seen) - len(set(ids_seen))} duplicates")
+        raise DataError(f"question ids must be unique; {len(ids_seen) - len(set(ids_seen))} duplicates",
+                        "duplicate ids")
     done = answered_ids(out)
     todo = [q for q in questions if str(q.question_id) not in done]
     model.eval()
@@ -84,11 +136,11 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
     in_vocab = image_token is not None and 0 <= image_token < model.config.vocab_size  # LLaVA's -200 is not
     gen_options: dict[str, Any] = {"suppress_tokens": [image_token]} if in_vocab else {}
     gen_options.update(generate_kwargs)
-    with out.open("a") as sink, tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answering",
-                                     unit="q", disable=not progress) as bar:
+    with _AppendOnFirstWrite(out) as sink, tqdm(total=len(questions), initial=len(questions) - len(todo),
+                                                desc="answering", unit="q", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            encoded = [encode(q) for q in chunk]
+            encoded = [encode_question(encode, q) for q in chunk]
             ids, mask = left_pad([e[0] for e in encoded], pad_id)  # (B, T)
             kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
             # Image features fill the image tokens row by row, so the images of the rows that have

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..errors import DataError
 from .prompts import MAX_NEW_TOKENS_PRESETS, PromptOptions, max_new_tokens_for, read_benchmark_questions
 from .scorers import SCORERS, get_benchmark
 
@@ -89,37 +90,53 @@ def run(args: argparse.Namespace) -> int:
     score_options = benchmark.parse_options(args.score_option)  # before generating: a typo fails fast
     data = Path(args.data)
     out = Path(args.out) if args.out else Path(args.model) / "eval" / benchmark.name
-    out.mkdir(parents=True, exist_ok=True)
     answers = out / "answers.jsonl"
+    if not data.is_dir():
+        raise DataError(f"no benchmark data folder at {data} (--data)", "missing file")
+    if args.score_only and not answers.is_file():
+        raise DataError(f"no answers to score at {answers} (--score-only scores an earlier run's answers)",
+                        "missing file")
     if not args.score_only:
         import torch
-        from transformers import AutoModelForCausalLM
 
-        import gamma_mod  # noqa: F401  registers our model types with the Auto classes
         from ..data.tokenizer import load_tokenizer
-        from ..model.configuration import load_config
-        from .answer import generate_answers
+        from ..model.folder import load_model_folder
+        from .answer import check_images, generate_answers
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-        config = load_config(args.model, args.compat)
-        model = AutoModelForCausalLM.from_pretrained(args.model, config=config, dtype=dtype).to(device).eval()
-        mod = config.mod_config() if hasattr(config, "mod_config") else None
-        if mod is not None and mod.official and args.batch_size > 1:
-            logger.warning("official compat mode with --batch-size %d: the official decode rule follows batch row 0, "
-                           "so answers depend on the batch; the official numbers use --batch-size 1", args.batch_size)
-        tokenizer = load_tokenizer(args.model)
-        questions = read_benchmark_questions(benchmark, data, PromptOptions(
+        questions = read_questions(benchmark, data, PromptOptions(
             mmbench_single_pred_prompt=args.mmbench_single_pred_prompt,
             scienceqa_all_questions=args.scienceqa_all_questions))
         if args.limit is not None:
             questions = questions[:args.limit]
+        check_images(questions)  # every input is checked before anything is written
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+        model = load_model_folder(args.model, tokenizer=True, what="--model", compat=args.compat,
+                                  dtype=dtype).to(device).eval()
+        mod = model.config.mod_config() if hasattr(model.config, "mod_config") else None
+        if mod is not None and mod.official and args.batch_size > 1:
+            logger.warning("official compat mode with --batch-size %d: the official decode rule follows batch row 0, "
+                           "so answers depend on the batch; the official numbers use --batch-size 1", args.batch_size)
+        tokenizer = load_tokenizer(args.model)
         logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
         generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
                          batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens or max_new_tokens_for(
                              benchmark.name, args.max_new_tokens_preset, default=benchmark.max_new_tokens))
+    out.mkdir(parents=True, exist_ok=True)
     metrics = benchmark.run(answers, data, out, score_options)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))
     return 0
+
+
+def read_questions(benchmark, data: Path, options: PromptOptions):
+    """The benchmark's questions as the official answer script builds them; a missing or unreadable
+    question file is a DataError naming it."""
+    try:
+        return read_benchmark_questions(benchmark, data, options)
+    except FileNotFoundError as e:
+        raise DataError(f"no such file: the {benchmark.name} data folder {data} lacks it", "missing file",
+                        source=e.filename) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"a question file in {data} is not valid JSON ({e})", "bad json") from None

@@ -151,9 +151,10 @@ def prompts_from_dataset(model_dir: str, data_json: str, image_folder: str | Non
 
     torch and the model stack are imported here: the question readers above stay light."""
     import torch
-    from PIL import Image
     from transformers import AutoConfig
 
+    from ..data.dataset import open_image
+    from ..data.formats import DataError, read_records, record_id
     from ..data.preprocess import encode_prompt, record_turns
     from ..data.templates import get_template
     from ..data.tokenizer import load_tokenizer
@@ -164,15 +165,18 @@ def prompts_from_dataset(model_dir: str, data_json: str, image_folder: str | Non
     config = AutoConfig.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
     processor = ImageProcessor.from_model_config(config)
-    records = [r for r in json.loads(Path(data_json).read_text()) if r.get("image")][:num_samples]
+    records = [(i, r) for i, r in enumerate(read_records(data_json)) if isinstance(r, dict) and r.get("image")]
+    records = records[:num_samples]
     if not records:
-        raise ValueError(f"{data_json}: no records with an image")
+        raise DataError("no records with an image", "no usable records", source=data_json)
     prompts, pixels = [], []
-    for r in records:
+    for i, r in records:
         prompts.append(encode_prompt(tokenizer, get_template(template), record_turns(r)[0][0],
                                      config.num_image_tokens))
-        with Image.open(Path(image_folder or ".") / r["image"]) as img:
-            pixels.append(processor(img))
+        try:
+            pixels.append(processor(open_image(Path(image_folder or ".") / r["image"], record_id(r, i))))
+        except DataError as e:
+            raise e.located(data_json) from None
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     return SpeedInputs(ids, mask, torch.stack(pixels))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -84,18 +85,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM
-
-    import gamma_mod  # noqa: F401
+    from ..data.dataset import open_image
     from ..data.preprocess import encode_prompt
     from ..data.templates import get_template
     from ..data.tokenizer import load_tokenizer
-    from ..model.configuration import load_config
+    from ..errors import UsageError
+    from ..model.folder import load_model_folder
     from ..model.vision import ImageProcessor
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, config=load_config(args.model, args.compat))
+    out = Path(args.out)
+    if not out.parent.is_dir() or out.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"--out {out}: needs an existing folder and an image suffix (.png, .jpg, ...)")
+    image = open_image(Path(args.image))  # a missing or truncated file: DataError naming it
+    model = load_model_folder(args.model, tokenizer=True, what="--model", compat=args.compat)
+    if model.config.mod_config() is None:
+        raise UsageError(f"--model {args.model} has no MoD layers: no skip map to draw")
     tokenizer = load_tokenizer(args.model)
-    image = Image.open(args.image)
     ids = encode_prompt(tokenizer, get_template(args.template), args.question, model.config.num_image_tokens)
     pixels = ImageProcessor.from_model_config(model.config)(image).unsqueeze(0)
     skip_map = compute_skip_map(model, torch.tensor([ids]), pixels)

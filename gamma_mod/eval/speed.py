@@ -13,9 +13,11 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ..errors import DataError, UsageError
 from .flops import decoder_tflops
 
 
@@ -188,16 +190,19 @@ def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedI
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM
+    from ..model.folder import check_model_folder, load_model_folder
 
-    import gamma_mod  # noqa: F401
-    from ..model.configuration import load_config
-
+    for flag in ("num_samples", "max_new_tokens", "repeats"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.data and not Path(args.data).is_file():
+        raise DataError("no such data file (--data)", "missing file", source=args.data)
     dtype = getattr(torch, args.dtype)
-    models = {"dense": AutoModelForCausalLM.from_pretrained(args.dense, dtype=dtype).to(args.device)}
+    for flag, path in [("--dense", args.dense)] + [("--mod", path) for path in args.mod]:
+        check_model_folder(path, tokenizer=flag == "--dense" and bool(args.data), what=flag)  # all before loading any
+    models = {"dense": load_model_folder(args.dense, what="--dense", dtype=dtype).to(args.device)}
     for path in args.mod:
-        config = load_config(path, args.compat)
-        models[f"MoD {path}"] = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).to(args.device)
+        models[f"MoD {path}"] = load_model_folder(path, what="--mod", compat=args.compat, dtype=dtype).to(args.device)
     config = models["dense"].config
     if args.data:
         from .prompts import prompts_from_dataset

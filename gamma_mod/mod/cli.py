@@ -15,10 +15,8 @@ import shutil
 from pathlib import Path
 
 from ..arank.select import STRATEGIES
-
-# Everything a tokenizer folder may hold (Llama sentencepiece, fast tokenizers, BPE vocabularies).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+from ..errors import DataError, UsageError
+from ..model.folder import TOKENIZER_FILES, load_model_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +43,7 @@ def parse_layers(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"gamma-mod convert: --layers must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--layers must be comma-separated integers, got {text!r}") from None
 
 
 def choose_layers(args: argparse.Namespace, num_layers: int) -> list[int] | None:
@@ -56,19 +54,24 @@ def choose_layers(args: argparse.Namespace, num_layers: int) -> list[int] | None
     layers = parse_layers(args.layers) if args.layers else None
     strategy = args.strategy or ("explicit" if layers else "topk_dense")
     if layers and strategy != "explicit":
-        raise SystemExit(f"gamma-mod convert: --layers goes with --strategy explicit, not {strategy}")
+        raise UsageError(f"--layers goes with --strategy explicit, not {strategy}")
     if strategy == "explicit":
         if not layers:
-            raise SystemExit("gamma-mod convert: --strategy explicit needs --layers")
+            raise UsageError("--strategy explicit needs --layers")
         return select_mod_layers([0.0] * num_layers, "explicit", layers=layers,
                                  keep_first_last_dense=not args.allow_last)
     if not args.arank:
         if args.mod_strategy == "pmod" and args.strategy is None:
             return None  # progressive ratio decay picks them
-        raise SystemExit("gamma-mod convert: --arank is required (or --layers, or --mod-strategy pmod)")
-    arank = ARankResult.load_json(args.arank).mean
+        raise UsageError("--arank is required (or --layers, or --mod-strategy pmod)")
+    try:
+        arank = ARankResult.load_json(args.arank).mean
+    except FileNotFoundError:
+        raise DataError("no such ARank file (--arank)", "missing file", source=args.arank) from None
+    except ValueError as e:  # not JSON, or not an ARank result
+        raise DataError(f"not an ARank result ({e})", "bad json", source=args.arank) from None
     if len(arank) != num_layers:
-        raise SystemExit(f"gamma-mod convert: {args.arank} has {len(arank)} layers, the model {num_layers}")
+        raise UsageError(f"--arank {args.arank} has {len(arank)} layers, the model {num_layers}")
     return select_mod_layers(arank, strategy, k_dense=args.k_dense, fraction=args.fraction,
                              keep_first_last_dense=not args.allow_last)
 
@@ -86,11 +89,21 @@ def run(args: argparse.Namespace) -> int:
     from ..model import LlavaLlamaForCausalLM
     from .convert import convert_to_mod
 
-    model = LlavaLlamaForCausalLM.from_pretrained(args.model)
+    if not 0.0 <= args.routing_ratio < 1.0:
+        raise UsageError(f"--routing-ratio is the fraction of routable tokens skipped and must be in [0, 1), "
+                         f"got {args.routing_ratio}")
+    if Path(args.out).is_file():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    model = load_model_folder(args.model, LlavaLlamaForCausalLM, what="--model")
+    if model.config.mod_config() is not None:
+        raise UsageError(f"--model {args.model} already has MoD layers {model.config.mod_config().mod_layers_idx}: "
+                         f"convert a dense model")
     try:
         layers = choose_layers(args, model.config.num_hidden_layers)
-    except ValueError as e:
-        raise SystemExit(f"gamma-mod convert: {e}") from None
+    except (UsageError, DataError):
+        raise
+    except ValueError as e:  # the layer selection's own checks (k_dense, fraction, layer range)
+        raise UsageError(str(e)) from None
     compat = {"compat": args.compat} if args.compat else {}
     convert_to_mod(model, layers, routing_ratio=args.routing_ratio, strategy=args.mod_strategy,
                    router_aux_loss_coef=args.router_aux_loss_coef, **compat)

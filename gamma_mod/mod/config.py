@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
+
 ROUTER_WEIGHTINGS = ("prob", "straight_through", "none")
 PREFILL_MODES = ("topk", "threshold")
 DECODE_MODES = ("dense", "threshold")
@@ -36,7 +38,7 @@ OFFICIAL_REGIONS = {"llava_hr": 1024 + 35, "mgm": 2880}
 OFFICIAL_SKIP_RATIO = 0.5
 
 
-class ModConfigError(ValueError):
+class ModConfigError(ConfigError):
     """A bad `mod` section; the message names the field, the value and what is accepted."""
 
 

@@ -1,5 +1,5 @@
-"""Build a LLaVA-style model config/model from a YAML model spec (configs/model/*.yaml), with its
-pretrained parts (LLM, CLIP, ConvNeXt) loaded from local checkpoints when given (model/components.py)."""
+"""Build a LLaVA-style model config/model from a YAML model spec (a built-in name or a YAML path), with
+its pretrained parts (LLM, CLIP, ConvNeXt) loaded from local checkpoints when given (model/components.py)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,21 @@ from typing import Any
 
 import yaml
 
+from ..packaged import CONFIG_DIR, resolve_config  # noqa: F401  (CONFIG_DIR re-exported)
 from .configuration import LlavaLlamaConfig
 from .llava_llama import LlavaLlamaForCausalLM
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 _SECTIONS = {"text", "vision", "tower", "projector", "mod"}
 # "tower": the LLaVA-HR / Mini-Gemini tower fields of LlavaLlamaConfig (vision_tower_type, vision_config_hr,
 # input_image_size, image_size_aux, image_grid, image_global, weight names); absent for LLaVA-1.5.
 
 
 def load_model_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A dict, a YAML path, or a name under configs/model/ ("tiny")."""
+    """A dict, a YAML path, or the name of a built-in spec ("tiny", see gamma_mod/configs/model/)."""
     if isinstance(spec, dict):
         data = spec
     else:
-        path = Path(spec)
-        if not path.exists():
-            path = CONFIG_DIR / "model" / f"{spec}.yaml"
-        if not path.exists():
-            raise FileNotFoundError(f"model spec {spec!r}: no such file, and no configs/model/{spec}.yaml")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(resolve_config("model", spec).read_text()) or {}
     unknown = set(data) - _SECTIONS
     if unknown:
         raise ValueError(f"model spec {spec!r}: unknown sections {sorted(unknown)} (allowed: {sorted(_SECTIONS)})")

@@ -160,6 +160,7 @@ class TrainConfig:
     save_total_limit: int = 2
     deepspeed: str | None = None  # scripts/zero2.json, zero3.json, zero3_offload.json
     resume: bool = False  # continue from the last complete checkpoint in output_dir
+    overwrite: bool = False  # replace a finished run (or an unfinished one's checkpoints) in output_dir
     collapse_patience: int = 50  # warn when a MoD layer keeps all/none of its routable tokens this many steps
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ from .train import main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="configs/train/*.yaml")
+    parser.add_argument("config", help="a built-in recipe name (stage1_tiny, ...) or a YAML path")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 output_dir=runs/x")
 
 

@@ -7,6 +7,9 @@
 setup (config, component check, seed, tokenizer) -> build (model + pretrained components, MoD,
 trainable groups, LoRA, data) -> loop (Trainer) -> final save (safetensors + tokenizer + complete.json,
 written by rank 0).
+
+The output folder is touched only after every input is checked; a finished run (complete.json) is
+never modified: `resume=true` on it is a no-op, a new run into it needs `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -22,15 +25,19 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, set_seed
 
-from ..config import load_config, save_config
+from ..config import ConfigError, load_config, save_config
+from ..errors import DataError, debug_enabled, report_errors
+from ..mod.config import ModConfig
+from ..model.folder import check_model_folder, check_tokenizer_folder
+from ..packaged import resolve_config
 from .args import TrainConfig
 from . import checkpoint
+from .checkpoint import COMPLETE
 from .trainable import set_trainable
 
 REAL_SIZE = 100_000_000  # decoder parameters from which a spec counts as a real (non-test) model
 
 logger = logging.getLogger("gamma_mod.train")
-COMPLETE = "complete.json"
 
 
 # -- setup ------------------------------------------------------------------------------------------
@@ -198,18 +205,100 @@ def build_dataset(cfg: TrainConfig, tokenizer, model):
         cfg.data.on_overlong,
     )
     if len(dataset) == 0:
-        raise ValueError(f"{cfg.data.train_json}: no usable records")
+        raise DataError("no usable records", "no usable records", source=cfg.data.train_json)
     return dataset, DataCollator(tokenizer.pad_token_id)
 
 
 # -- loop -------------------------------------------------------------------------------------------
+def check_inputs(cfg: TrainConfig) -> None:
+    """Every check that needs no model: config values, model/tokenizer folders, data paths.
+
+    Runs before anything is written, so a rejected run leaves no trace in its output folder.
+    """
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume=true and overwrite=true contradict each other: resume continues the run in "
+                          "output_dir, overwrite replaces it")
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a folder")
+    if cfg.model.init:
+        check_model_folder(cfg.model.init, what="model.init")
+    else:
+        try:
+            resolve_config("model", cfg.model.spec)
+        except FileNotFoundError as e:
+            raise ConfigError(f"model.spec: {e}") from None
+    tokenizer = cfg.model.tokenizer or cfg.model.init or cfg.model.llm
+    if not tokenizer:
+        raise ConfigError("model.tokenizer is required when neither model.init nor model.llm is set")
+    what = "model.tokenizer" if cfg.model.tokenizer else ("model.init" if cfg.model.init else "model.llm")
+    check_tokenizer_folder(tokenizer, what=what)
+    if cfg.mod is not None and cfg.mod.layers:
+        if not 0.0 <= cfg.mod.routing_ratio < 1.0:
+            raise ConfigError(f"mod.routing_ratio is the fraction of routable tokens skipped and must be in [0, 1), "
+                              f"got {cfg.mod.routing_ratio}")
+        try:
+            ModConfig(mod_layers_idx=list(cfg.mod.layers), capacity_factor=cfg.mod.routing_ratio,
+                      strategy=cfg.mod.strategy, router_aux_loss_coef=cfg.mod.router_aux_loss_coef)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("mod.mod_layers_idx", "mod.layers")) from None
+    if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
+        raise ConfigError(f"deepspeed: no DeepSpeed config file at {cfg.deepspeed}")
+    if not Path(cfg.data.train_json).is_file():
+        raise DataError("no such data file (data.train_json)", "missing file", source=cfg.data.train_json)
+    if cfg.data.image_folder and not Path(cfg.data.image_folder).is_dir():
+        raise DataError(f"data.image_folder {cfg.data.image_folder}: no such folder", "missing image folder")
+
+
+def check_output_dir(cfg: TrainConfig) -> checkpoint.RunFolder:
+    """What is in output_dir, and whether this run may write there (ConfigError when not)."""
+    folder = checkpoint.RunFolder.inspect(cfg.output_dir)
+    if cfg.overwrite or cfg.resume:
+        return folder
+    if folder.finished:
+        raise ConfigError(f"output_dir {folder.path} holds a finished run ({COMPLETE}); it is never modified: "
+                          f"set overwrite=true to replace it, or choose another output_dir")
+    if folder.checkpoints:
+        raise ConfigError(f"output_dir {folder.path} holds checkpoints of an unfinished run "
+                          f"({folder.checkpoints[-1].name}): set resume=true to continue it, overwrite=true to "
+                          f"start over")
+    return folder
+
+
+def prepare_output_dir(cfg: TrainConfig, folder: checkpoint.RunFolder) -> None:
+    """The first write into output_dir (rank 0), once every input has been checked."""
+    out = folder.path
+    if cfg.overwrite and (folder.finished or folder.checkpoints):
+        logger.warning("overwrite=true: replacing the %s run in %s", "finished" if folder.finished else "unfinished",
+                       out)
+        checkpoint.clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "train_config.yaml")
+
+
 def run_training(cfg: TrainConfig) -> Path:
+    """Train `cfg` into `cfg.output_dir`; returns it.
+
+    Every input (config, model folder, tokenizer, data: every record and image) is checked before the
+    output folder is touched. A finished run (complete.json) is never modified: resume=true on it
+    does nothing, a new run into it needs overwrite=true.
+    """
     from ..data.tokenizer import load_tokenizer
     from .trainer import GammaTrainer
 
     check_pretrained_components(cfg)  # before anything slow
     out = Path(cfg.output_dir)
-    args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
+    if cfg.resume and not cfg.overwrite and (out / COMPLETE).is_file():
+        step = checkpoint.RunFolder.inspect(out).completed_step()
+        logger.info("resume=true: %s holds a finished run (step %s); nothing to do (a new run into it needs "
+                    "overwrite=true)", out, step)
+        return out
+    check_inputs(cfg)
+    folder = check_output_dir(cfg)
+    try:
+        args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
+    except ValueError as e:  # TrainingArguments validates its values (scheduler name, precision, ...)
+        raise ConfigError(f"training settings: {e}") from None
     if cfg.deepspeed:
         import deepspeed
 
@@ -217,14 +306,7 @@ def run_training(cfg: TrainConfig) -> Path:
         # group must exist by then (the Trainer would only create it later). gloo on CPU.
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     set_seed(cfg.optim.seed)
-    if args.process_index == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "train_config.yaml")
-        (out / COMPLETE).unlink(missing_ok=True)
-    tokenizer_path = cfg.model.tokenizer or cfg.model.init or cfg.model.llm
-    if not tokenizer_path:
-        raise ValueError("model.tokenizer is required when neither model.init nor model.llm is set")
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.init or cfg.model.llm)
     model = build_model(cfg, tokenizer)
     set_trainable(model, cfg.trainable_groups())
     if cfg.lora.enable:
@@ -232,13 +314,21 @@ def run_training(cfg: TrainConfig) -> Path:
     if cfg.optim.gradient_checkpointing:
         model.enable_input_require_grads()
     dataset, collator = build_dataset(cfg, tokenizer, model)
+    with args.main_process_first(local=False, desc="preparing the output folder"):
+        if args.process_index == 0:
+            prepare_output_dir(cfg, folder)
     trainer = GammaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            collapse_patience=cfg.collapse_patience,
                            group_by_modality_length=cfg.optim.group_by_modality_length)
-    resume = None
+    resume = checkpoint.last_checkpoint(out) if cfg.resume else None
+    resumed_from = checkpoint.read_run_loss(resume) if resume else None
     if cfg.resume:
-        resume = checkpoint.last_checkpoint(out)
         logger.info("resuming from %s", resume if resume else "scratch (no complete checkpoint yet)")
+    if resumed_from:
+        trainer.loss_sum_before_resume = resumed_from[1]
+    elif resume:
+        logger.warning("%s has no %s (written by older versions): complete.json's train_loss will cover only the "
+                       "steps after it", resume, checkpoint.RUN_LOSS)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     if cfg.lora.enable:
@@ -247,21 +337,33 @@ def run_training(cfg: TrainConfig) -> Path:
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out)
-        summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
-                   "log_history": trainer.state.log_history}
-        (out / COMPLETE).write_text(json.dumps(summary, indent=1))
-        print(f"TRAINING COMPLETE step={trainer.state.global_step} loss={result.training_loss:.6f} out={out}", flush=True)
+        step = trainer.state.global_step
+        train_loss = result.training_loss
+        if resumed_from:
+            # The Trainer's train_loss is the mean over this call's steps only.
+            before_step, before_sum = resumed_from
+            train_loss = (before_sum + result.training_loss * (step - before_step)) / max(step, 1)
+        summary = {"global_step": step, "train_loss": train_loss, "log_history": trainer.state.log_history}
+        checkpoint.clear_staging(out)
+        (out / COMPLETE).write_text(json.dumps(summary, indent=1))  # last: marks the run finished
+        print(f"TRAINING COMPLETE step={step} loss={train_loss:.6f} out={out}", flush=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m gamma_mod.train.train CONFIG [key=value ...]`; expected errors raise (see __main__)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv = [a for a in argv if not a.startswith("--local_rank") and not a.startswith("--local-rank")]
+    argv = [a for a in argv if not a.startswith("--local_rank") and not a.startswith("--local-rank")
+            and a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(TrainConfig, argv[0], argv[1:])
+    try:
+        config_path = resolve_config("train", argv[0])
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    cfg = load_config(TrainConfig, config_path, argv[1:])
     try:
         run_training(cfg)
     finally:
@@ -272,4 +374,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    raise SystemExit(main())
+    # Launched directly by scripts/v1_5 (python, torchrun, deepspeed): the same error rule as `gamma-mod train`.
+    raise SystemExit(report_errors("gamma-mod train", main, debug_enabled(sys.argv[1:])))

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import nested_gather
 
 from . import checkpoint
 from .sampler import ModalityLengthGroupedSampler
@@ -31,6 +32,8 @@ class GammaTrainer(Trainer):
         self._collapse_streak: dict[int, int] = defaultdict(int)
         self._collapse_warned: set[int] = set()
         self._staging_dir: str | None = None
+        # Sum of the per-step losses before this train() call (a resumed run's earlier steps).
+        self.loss_sum_before_resume = 0.0
 
     # -- data order ---------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -91,6 +94,16 @@ class GammaTrainer(Trainer):
         self._counts.clear()
         super().log(logs, *args, **kwargs)
 
+    def run_loss_sum(self) -> float:
+        """Sum of the per-step losses of the whole run so far, during training.
+
+        The Trainer drains its on-device accumulator into `_total_loss_scalar` at each logging step;
+        what is not logged yet is still in `_tr_loss`. Collective under distributed training (the
+        mean over processes, as the Trainer logs it): every process must call it.
+        """
+        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        return self.loss_sum_before_resume + self._total_loss_scalar + pending
+
     # -- atomic checkpoints -------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
         if self._staging_dir is not None:
@@ -109,8 +122,10 @@ class GammaTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_dir = None
+        loss_sum = self.run_loss_sum()
         if self.args.should_save:
             staged = staging / f"checkpoint-{self.state.global_step}"
+            checkpoint.write_run_loss(staged, self.state.global_step, loss_sum)
             final = checkpoint.publish(staged, run_dir)
             checkpoint.rotate(run_dir, self.args.save_total_limit or 0)
             logger.info("checkpoint written atomically: %s", final)

@@ -12,6 +12,8 @@ OUT=${OUT:-$MODEL/eval}
 BATCH_SIZE=${BATCH_SIZE:-8}
 TEMPLATE=${TEMPLATE:-vicuna_v1}
 GAMMA_MOD=${GAMMA_MOD:-$ROOT/.venv/bin/gamma-mod}
+source "$ROOT/scripts/v1_5/_launch.sh"
+require_executable "$GAMMA_MOD" GAMMA_MOD
 
 # benchmark name -> folder under $EVAL_DIR
 declare -A FOLDERS=(

@@ -21,6 +21,8 @@ CONVERT="${CONVERT:-1}"
 NPROC="${NPROC:-1}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HOSTFILE="${HOSTFILE:-}"
+source "$ROOT/scripts/v1_5/_launch.sh"
+require_executable "$PYTHON" PYTHON
 if [[ "$CONFIG" == *tiny* ]]; then
   ARANK="${ARANK:-$ROOT/runs/quickstart/arank.json}"
   K_DENSE="${K_DENSE:-2}"     # tiny models: 2 of their 6 layers
@@ -35,11 +37,10 @@ if [ "$CONVERT" = "1" ]; then
     if [ -n "$ARANK" ] && [ -f "$ARANK" ]; then
       SELECT=(--arank "$ARANK" --k-dense "$K_DENSE")
     elif [[ "$CONFIG" == *tiny* ]]; then
-      echo "finetune_mod.sh: no ARank file $ARANK (run scripts/v1_5/eval_full/arank.sh first)" >&2
-      exit 2
+      usage_error "no ARank file $ARANK (run scripts/v1_5/eval_full/arank.sh first)"
     else
       LAYERS="$(sed -n 's/.*"num_hidden_layers": *\([0-9]*\).*/\1/p' "$STAGE1/config.json" | head -1)"
-      if [ -z "$LAYERS" ]; then echo "finetune_mod.sh: no num_hidden_layers in $STAGE1/config.json" >&2; exit 2; fi
+      if [ -z "$LAYERS" ]; then usage_error "no num_hidden_layers in $STAGE1/config.json"; fi
       SELECT=(--layers "$(seq -s, 3 $((LAYERS - 2)))")   # arank_mod: 0, 1, 2 and the last stay dense
     fi
     "$PYTHON" -m gamma_mod.cli convert --model "$STAGE1" "${SELECT[@]}" --routing-ratio "$ROUTING_RATIO" --out "$MOD_MODEL"
@@ -54,5 +55,4 @@ fi
 if [[ "$CONFIG" == *tiny* ]]; then
   OVERRIDES+=("data.train_json=$DATA_DIR/stage2_train.json" "data.image_folder=$DATA_DIR/images")
 fi
-source "$ROOT/scripts/v1_5/_launch.sh"
 launch_training "$@"

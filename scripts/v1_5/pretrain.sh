@@ -12,6 +12,8 @@ OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/runs/quickstart/stage1}"
 NPROC="${NPROC:-1}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HOSTFILE="${HOSTFILE:-}"                                # multi-node: a DeepSpeed hostfile
+source "$ROOT/scripts/v1_5/_launch.sh"
+require_executable "$PYTHON" PYTHON
 
 if [[ "$CONFIG" == *tiny* && ! -f "$DATA_DIR/stage1.json" ]]; then
   "$PYTHON" -m gamma_mod.cli synth --out "$DATA_DIR"
@@ -20,5 +22,4 @@ OVERRIDES=("output_dir=$OUTPUT_DIR")
 if [[ "$CONFIG" == *tiny* ]]; then
   OVERRIDES+=("model.tokenizer=$DATA_DIR/tokenizer" "data.train_json=$DATA_DIR/stage1.json" "data.image_folder=$DATA_DIR/images")
 fi
-source "$ROOT/scripts/v1_5/_launch.sh"
 launch_training "$@"

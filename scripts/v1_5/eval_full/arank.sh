@@ -23,6 +23,8 @@ K_DENSE="${K_DENSE:-2}"                                       # paper: 4 of 32 l
 ROUTING_RATIO="${ROUTING_RATIO:-0.5}"                         # fraction of routable tokens skipped
 OUT_MODEL="${OUT_MODEL:-$ROOT/runs/quickstart/converted_gamma}"
 GAMMA_MOD="${GAMMA_MOD:-$ROOT/.venv/bin/gamma-mod}"
+source "$ROOT/scripts/v1_5/_launch.sh"
+require_executable "$GAMMA_MOD" GAMMA_MOD
 
 TOL_ARGS=()
 if [ -n "$TOL" ]; then TOL_ARGS=(--tol "$TOL"); fi
