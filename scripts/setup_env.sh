@@ -25,7 +25,8 @@ if [ -n "$EXTRAS" ]; then SPEC="$ROOT[$EXTRAS]"; fi
 DS_BUILD_OPS=0 "${PIP[@]}" "${FIND_LINKS[@]}" -c "$ROOT/scripts/constraints.txt" -e "$SPEC"
 if [[ ",$EXTRAS," == *",test,"* ]]; then
   # lmms-eval for the plugin tests without torchvision: the package with --no-deps, then only what
-  # its import path needs (GPU boxes install the full `lmms` extra instead).
+  # its import path needs (GPU boxes install the full `lmms` extra instead). pip then lists the
+  # requirements of lmms-eval left out as "not installed": expected.
   "${PIP[@]}" "${FIND_LINKS[@]}" -c "$ROOT/scripts/constraints.txt" --no-deps "lmms-eval==0.7.3"
   "${PIP[@]}" "${FIND_LINKS[@]}" -c "$ROOT/scripts/constraints.txt" -r "$ROOT/scripts/lmms_eval_nodeps.txt"
 fi

@@ -5,6 +5,7 @@ Every model here is a tiny twin saved to a temporary folder and loaded through l
 registry (the `lmms_eval.models` entry point declared in pyproject.toml) and arg-string path.
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -17,26 +18,24 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("lmms_eval.api.model", reason="lmms-eval not installed (bash scripts/setup_env.sh test)")
-
-from lmms_eval.api.instance import Instance  # noqa: E402
-
-from gamma_mod.data.preprocess import encode_prompt  # noqa: E402
-from gamma_mod.data.synthetic import write_synthetic_dataset  # noqa: E402
-from gamma_mod.data.templates import get_template  # noqa: E402
-from gamma_mod.data.tokenizer import load_tokenizer, model_token_ids  # noqa: E402
-from gamma_mod.eval.answer import generate_answers  # noqa: E402
-from gamma_mod.eval.cli import build_encoder  # noqa: E402
-from gamma_mod.eval.lmms.options import PluginArgumentError  # noqa: E402
-from gamma_mod.eval.lmms.runner import cut_at_stop  # noqa: E402
-from gamma_mod.eval.questions import Question, read_answers  # noqa: E402
-from gamma_mod.eval.scorers import synthetic  # noqa: E402
-from gamma_mod.mod.convert import convert_to_mod  # noqa: E402
-from gamma_mod.model import LlavaLlamaForCausalLM  # noqa: E402
-from gamma_mod.model.builder import build_config  # noqa: E402
-from gamma_mod.model.vision.image_processing import ImageProcessor  # noqa: E402
+from gamma_mod.data.preprocess import encode_prompt
+from gamma_mod.data.synthetic import write_synthetic_dataset
+from gamma_mod.data.templates import get_template
+from gamma_mod.data.tokenizer import load_tokenizer, model_token_ids
+from gamma_mod.eval.answer import generate_answers
+from gamma_mod.eval.cli import build_encoder
+from gamma_mod.eval.lmms.options import PluginArgumentError
+from gamma_mod.eval.lmms.runner import cut_at_stop
+from gamma_mod.eval.questions import Question, read_answers
+from gamma_mod.eval.scorers import synthetic
+from gamma_mod.mod.convert import convert_to_mod
+from gamma_mod.model import LlavaLlamaForCausalLM
+from gamma_mod.model.builder import build_config
+from gamma_mod.model.vision.image_processing import ImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_lmms = pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
+                                reason="lmms-eval not installed (bash scripts/setup_env.sh test installs it)")
 TASK, SPLIT = "plugin_test", "test"
 FAMILIES = ["llava_v1_5_tiny", "llava_hr_tiny", "mgm_hd_tiny"]
 ANSWER_WORDS = ["one", "two", "three", "red", "green", "blue", "yellow", "circle", "square", "triangle"]
@@ -127,6 +126,8 @@ def synthetic_docs(data, n=None):
 
 
 def instance(request_type, args, doc_id):
+    from lmms_eval.api.instance import Instance
+
     return Instance(request_type=request_type, arguments=args, idx=0,
                     metadata={"task": TASK, "doc_id": doc_id, "repeats": 1})
 
@@ -142,6 +143,15 @@ def reference_answers(lm, docs, tmp_path, max_new_tokens, name="reference"):
 
 
 # -- registration and model args ----------------------------------------------------------------
+def test_plugin_modules_import_no_lmms_eval():
+    """Only `model` needs lmms-eval: the rest (and `import gamma_mod`) works without the extra."""
+    code = ("import sys, gamma_mod, gamma_mod.eval.lmms, gamma_mod.eval.lmms.runner, gamma_mod.eval.lmms.options, "
+            "gamma_mod.eval.lmms.efficiency, gamma_mod.eval.lmms.synthetic_task; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('lmms_eval', 'torchvision')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+@needs_lmms
 def test_entry_point_resolves_our_class(registry):
     from gamma_mod.eval.lmms.model import GammaModLMMS
 
@@ -151,6 +161,7 @@ def test_entry_point_resolves_our_class(registry):
     assert "gamma_mod" in registry.list_available_models()
 
 
+@needs_lmms
 def test_model_args(registry, model_dir):
     dense, mod = model_dir(mod=False), model_dir(mod=True)
     lm = make_lm(registry, dense, batch_size=3, max_new_tokens=7)
@@ -180,6 +191,7 @@ def test_model_args(registry, model_dir):
     assert lm.model.config._attn_implementation == "eager" and lm.model.dtype == torch.bfloat16
 
 
+@needs_lmms
 def test_compat_switch(registry, model_dir):
     """compat=official needs the `mod.compat` field of the official-compatible mode: applied when this
     gamma-mod has it, otherwise a clear error (never silently ignored)."""
@@ -200,6 +212,7 @@ def test_compat_switch(registry, model_dir):
 
 
 # -- generate_until -----------------------------------------------------------------------------
+@needs_lmms
 @pytest.mark.parametrize("mod", [False, True], ids=["dense", "mod"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generate_until_equals_answer_loop(registry, model_dir, data, tmp_path, family, mod):
@@ -228,6 +241,7 @@ def test_cut_at_stop():
     assert cut_at_stop(" red ", ["", "x"]) == "red"  # empty stop strings are ignored
 
 
+@needs_lmms
 def test_sampling_requests_are_answered_greedily_with_a_count(registry, model_dir, data, tmp_path, caplog):
     docs = synthetic_docs(data, 2)
     lm = make_lm(registry, model_dir())
@@ -243,6 +257,7 @@ def test_sampling_requests_are_answered_greedily_with_a_count(registry, model_di
     assert any("['image_aspect_ratio'] ignored for 2 requests" in m for m in messages), messages
 
 
+@needs_lmms
 def test_unsupported_visuals_are_errors_naming_the_document(registry, model_dir, data):
     docs = synthetic_docs(data, 1)
     lm = make_lm(registry, model_dir())
@@ -283,6 +298,7 @@ def hand_loglikelihood(model, tokenizer, question, image, words, decode_start=Fa
 
 @pytest.mark.parametrize("mod,decode", [(False, None), (True, None), (True, "threshold")],
                          ids=["dense", "mod", "mod-threshold-decode"])
+@needs_lmms
 def test_loglikelihood_equals_hand_computation(registry, model_dir, data, mod, decode):
     docs = synthetic_docs(data, 3)
     args = {"batch_size": 3}
@@ -300,8 +316,7 @@ def test_loglikelihood_equals_hand_computation(registry, model_dir, data, mod, d
     requests.append(instance("loglikelihood", (docs[2]["question"], lambda doc: " " + doc["answer"], doc_to_visual, 2,
                                                TASK, SPLIT), 2))
     # ... and the unconditional score of a choice (acc_mutual_info): no document, no image.
-    requests.append(Instance(request_type="loglikelihood", arguments=("", " red"), idx=0,
-                             metadata={"task": TASK, "doc_id": 0, "repeats": 1}))
+    requests.append(instance("loglikelihood", ("", " red"), 0))
     got = lm.loglikelihood(requests)
 
     expected = [hand_loglikelihood(lm.model, lm.tokenizer, docs[d]["question"], docs[d]["image"], words, bool(decode))
@@ -321,6 +336,7 @@ def test_loglikelihood_equals_hand_computation(registry, model_dir, data, mod, d
 
 
 # -- generate_until_multi_round ----------------------------------------------------------------------
+@needs_lmms
 def test_generate_until_multi_round(registry, model_dir, data, tmp_path):
     """lmms-eval's protocol: round 0 answers the context; later rounds ask doc_to_text for the next
     (visuals, context, done, round answers, info) with the answers so far."""
@@ -357,6 +373,7 @@ def layer_flops(tokens, hidden, ffn):
     return 8 * tokens * hidden**2 + 4 * tokens**2 * hidden + 6 * tokens * hidden * ffn
 
 
+@needs_lmms
 def test_log_efficiency_report(registry, model_dir, data, tokenizer, tmp_path):
     docs = synthetic_docs(data, 3)
     report_path = tmp_path / "efficiency.json"
@@ -414,6 +431,7 @@ def craft_answer_head(folder: Path, questions: list[Question], designed: list[st
     model.save_pretrained(folder)
 
 
+@needs_lmms
 def test_lmms_eval_cli_on_offline_task_matches_gamma_mod_eval(entry_point_dir, model_dir, data, tmp_path):
     """`python -m lmms_eval --model gamma_mod` on the shipped offline task scores what
     `gamma-mod eval --benchmark synthetic` scores for the same model and settings, answer by answer;
