@@ -310,8 +310,8 @@ def test_loglikelihood_equals_hand_computation(registry, model_dir, data, mod, d
     lm.task_dict = {TASK: {SPLIT: docs}}
     cases = [  # (doc, continuation words); mixed lengths in one batch, a multiple-choice style triple
         (0, ["red"]), (0, ["blue"]), (0, ["green"]), (1, ["a", "red", "circle"]), (2, ["two"]), (1, ["square"])]
-    requests = [instance("loglikelihood", (docs[d]["question"], " " + " ".join(words), doc_to_visual, d, TASK, SPLIT), d)
-                for d, words in cases]
+    requests = [instance("loglikelihood", (docs[d]["question"], " " + " ".join(words), doc_to_visual, d, TASK, SPLIT),
+                         d) for d, words in cases]
     # doc_to_target as a function of the document (output_type loglikelihood) ...
     requests.append(instance("loglikelihood", (docs[2]["question"], lambda doc: " " + doc["answer"], doc_to_visual, 2,
                                                TASK, SPLIT), 2))
@@ -331,7 +331,8 @@ def test_loglikelihood_equals_hand_computation(registry, model_dir, data, mod, d
     if decode:
         # A continuation token only conditions the tokens after it: the 3-word case is the one where
         # treating the continuation as decode tokens changes the result.
-        plain = hand_loglikelihood(lm.model, lm.tokenizer, docs[1]["question"], docs[1]["image"], ["a", "red", "circle"])
+        plain = hand_loglikelihood(lm.model, lm.tokenizer, docs[1]["question"], docs[1]["image"],
+                                   ["a", "red", "circle"])
         assert abs(plain[0] - got[3][0]) > 1e-3, "the decode rule must matter here, or this case tests nothing"
 
 
@@ -418,7 +419,8 @@ def craft_answer_head(folder: Path, questions: list[Question], designed: list[st
         hidden = []
         for q in questions:
             ids, pixels = encode(q)
-            hidden.append(model.model(input_ids=torch.tensor([ids]), pixel_values=pixels[None]).last_hidden_state[0, -1])
+            out = model.model(input_ids=torch.tensor([ids]), pixel_values=pixels[None])
+            hidden.append(out.last_hidden_state[0, -1])
         h = torch.stack(hidden).double()  # (N, C)
         words = sorted(set(designed))
         target = torch.zeros(len(questions), len(words), dtype=torch.double)
@@ -458,7 +460,8 @@ def test_lmms_eval_cli_on_offline_task_matches_gamma_mod_eval(entry_point_dir, m
 
     task_dir = write_task(data.root, tmp_path / "task").parent
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(entry_point_dir), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(entry_point_dir),
+                                                        os.environ.get("PYTHONPATH")])))
     report = tmp_path / "efficiency.json"
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "gamma_mod",
            "--model_args", f"pretrained={folder},batch_size=4,log_efficiency={report}",

@@ -16,7 +16,7 @@ Deviations from lmms-eval's own `llava` model, on purpose:
     returns the mean loss over the whole answer turn (positive, EOS included);
   - `until` stop strings cut the answer (lm-eval's rule); `llava` ignores them;
   - decoding is greedy (our answer loop): a request for sampling (temperature > 0, do_sample) or beam
-    search is answered greedily, with one warning per task giving the count;
+    search is answered greedily, with a warning giving the count per task and gen_kwargs;
   - one image per prompt (multi-image and video requests are an error naming the document);
   - one process: data-parallel launches (WORLD_SIZE > 1) are refused.
 """
@@ -38,7 +38,7 @@ from .runner import GammaModRunner, Prompt
 
 logger = logging.getLogger(__name__)
 
-# Generation kwargs the answer loop honours; everything else is reported once per task.
+# Generation kwargs read (max_new_tokens, until) or checked for sampling; any other key is reported.
 GREEDY_KEYS = {"max_new_tokens", "until", "temperature", "top_p", "top_k", "num_beams", "do_sample"}
 MAX_ROUNDS = 64  # a multi-round task whose doc_to_text never signals the end is an error, not a hang
 
@@ -56,7 +56,6 @@ class GammaModLMMS(lmms):
         kwargs.pop("max_batch_size", None)
         self.options = PluginOptions.from_kwargs(kwargs)
         self.runner = GammaModRunner.from_options(self.options)
-        self._warned: set[tuple[str, str]] = set()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GammaModLMMS":
@@ -102,20 +101,15 @@ class GammaModLMMS(lmms):
         sampling = (gen_kwargs.get("do_sample") or (gen_kwargs.get("temperature") or 0) > 0
                     or (gen_kwargs.get("num_beams") or 1) > 1)
         if sampling:
-            self._warn_once(task, "sampling", f"gamma_mod: task {task}: {count} requests ask for sampling or beam search "
-                            f"({ {k: gen_kwargs.get(k) for k in ('do_sample', 'temperature', 'num_beams')} }); "
-                            "answered greedily (our answer loop)")
+            logger.warning("gamma_mod: task %s: %d requests ask for sampling or beam search (%s); answered greedily "
+                           "(our answer loop)", task, count,
+                           {k: gen_kwargs.get(k) for k in ("do_sample", "temperature", "num_beams")})
         ignored = sorted(set(gen_kwargs) - GREEDY_KEYS)
         if ignored:
-            self._warn_once(task, "ignored", f"gamma_mod: task {task}: gen_kwargs {ignored} ignored for {count} requests "
-                            "(the answer loop takes max_new_tokens and until)")
+            logger.warning("gamma_mod: task %s: gen_kwargs %s ignored for %d requests (the answer loop takes "
+                           "max_new_tokens and until)", task, ignored, count)
         max_new = gen_kwargs.get("max_new_tokens")
         return (int(max_new) if max_new is not None else None), until
-
-    def _warn_once(self, task: str, kind: str, message: str) -> None:
-        if (task, kind) not in self._warned:
-            self._warned.add((task, kind))
-            logger.warning(message)
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         results: list[str] = [""] * len(requests)
@@ -178,7 +172,8 @@ class GammaModLMMS(lmms):
                         if done:
                             results[i] = [str(a) for a in s["answers"]]
                         else:
-                            prompts[i] = Prompt(context, lambda v=visuals: v or [], where=f"task {task} doc {s['doc'][0]}")
+                            prompts[i] = Prompt(context, lambda v=visuals: v or [],
+                                                where=f"task {task} doc {s['doc'][0]}")
                     state = {i: state[i] for i in prompts}
                 if not state:
                     break

@@ -69,7 +69,8 @@ def write_task(data_dir: str | Path, out_dir: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gamma_mod.eval.lmms.synthetic_task", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gamma_mod.eval.lmms.synthetic_task",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("data", help="synthetic dataset folder (stage2_test.json, images/)")
     parser.add_argument("--out", default=None, help="task folder to write (default: DATA/lmms_task)")
     args = parser.parse_args(argv)
