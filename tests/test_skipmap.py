@@ -35,3 +35,11 @@ def test_skip_map_png_has_expected_size_and_content(tiny_model, tmp_path):
         for c in range(4):
             red, green, _ = tile.getpixel((c * cell + cell // 2, r * cell + cell // 2))
             assert (abs(red - green) < 10) == bool(grid[r, c])
+
+
+def test_skipmap_question_always_holds_the_image():
+    from gamma_mod.eval.skipmap import skipmap_question
+
+    # The README's example passes a bare question: the image goes first, as model_vqa lays it out.
+    assert skipmap_question("What is this?") == "<image>\nWhat is this?"
+    assert skipmap_question("Look: <image> what is it?") == "Look: <image> what is it?"

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .questions import IMAGE_TAG, with_image_tag
+
 
 @dataclass
 class SkipMap:
@@ -74,6 +76,12 @@ def draw_skip_map(image: Image.Image, skip_map: SkipMap, path: str, tile: int = 
     return canvas
 
 
+def skipmap_question(question: str) -> str:
+    """The user turn of the skip-map prompt: the question as given when it places `<image>` itself,
+    else `<image>\n` + the question (model_vqa's layout), so the image is always in the prompt."""
+    return question if IMAGE_TAG in question else with_image_tag(question, has_image=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="MoD model folder (with its tokenizer)")
     parser.add_argument("--image", required=True)
@@ -101,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if model.config.mod_config() is None:
         raise UsageError(f"--model {args.model} has no MoD layers: no skip map to draw")
     tokenizer = load_tokenizer(args.model)
-    ids = encode_prompt(tokenizer, get_template(args.template), args.question, model.config.num_image_tokens)
+    ids = encode_prompt(tokenizer, get_template(args.template), skipmap_question(args.question),
+                        model.config.num_image_tokens)
     pixels = ImageProcessor.from_model_config(model.config)(image).unsqueeze(0)
     skip_map = compute_skip_map(model, torch.tensor([ids]), pixels)
     draw_skip_map(image, skip_map, args.out)

@@ -30,6 +30,11 @@ from .configuration import LlavaLlamaConfig, ModLlavaLlamaConfig, ModMGMConfig
 from .llava_llama import ROUTER_KEY_SUFFIX, LlavaLlamaForCausalLM, ModLlavaLlamaForCausalLM
 
 
+def key_problems(groups: list[tuple[str, list[str]]], limit: int) -> list[str]:
+    """One line per non-empty group of bad keys (`N label: [first `limit`]`), for a strict load's error."""
+    return [f"{len(items)} {label}: {items[:limit]}" for label, items in groups if items]
+
+
 class ModMGMForCausalLM(LlavaLlamaForCausalLM):
     """Entry for configs with `model_type: mod_mgm` (gamma-MoD on Mini-Gemini)."""
 
@@ -136,15 +141,9 @@ def map_official_state_dict(config: LlavaLlamaConfig, source: dict[str, torch.Te
         mapped[target] = tensor
         filled_from[target] = key
     missing = sorted(set(ours) - set(mapped))
-    problems = []
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (no place in our model): {sorted(unexpected)[:20]}")
-    if missing:
-        problems.append(f"{len(missing)} missing keys (not in the checkpoint): {missing[:20]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {mismatched[:20]}")
-    if duplicate:
-        problems.append(f"{len(duplicate)} keys filled twice: {duplicate[:20]}")
+    problems = key_problems([("unexpected keys (no place in our model)", sorted(unexpected)),
+                             ("missing keys (not in the checkpoint)", missing),
+                             ("shape mismatches", mismatched), ("keys filled twice", duplicate)], limit=20)
     if problems:
         raise ValueError(f"checkpoint does not match the {config.vision_tower_type!r} model:\n  " + "\n  ".join(problems))
     return mapped

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import DROPPED, timm_convnext_table
+from .checkpoints import DROPPED, key_problems, timm_convnext_table
 
 logger = logging.getLogger(__name__)
 COMPONENTS = ("llm", "clip", "convnext", "mm_adapter")
@@ -217,15 +217,9 @@ def _load(model, what: str, source: str, tensors: Iterator[tuple[str, torch.Tens
                         what, key, rows, shape[0], shape[0] - rows)
         filled[target] = key
     missing = sorted(ours - set(filled))
-    problems = []
-    if unexpected:
-        problems.append(f"{len(unexpected)} tensors with no place in our model: {sorted(unexpected)[:10]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {mismatched[:10]}")
-    if duplicate:
-        problems.append(f"{len(duplicate)} parameters filled twice: {duplicate[:10]}")
-    if missing:
-        problems.append(f"{len(missing)} of our parameters not in the checkpoint: {missing[:10]}")
+    problems = key_problems([("tensors with no place in our model", sorted(unexpected)),
+                             ("shape mismatches", mismatched), ("parameters filled twice", duplicate),
+                             ("of our parameters not in the checkpoint", missing)], limit=10)
     if problems:
         raise ComponentError(f"{what} {source} does not match the model:\n  " + "\n  ".join(problems))
     detail = "".join(f"; skipped {n} {reason}" for reason, n in skipped.items())
