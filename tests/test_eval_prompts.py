@@ -198,6 +198,7 @@ def test_cli_passes_the_official_prompt_and_length_to_generate(tmp_path, monkeyp
     def fake_generate(model, questions, encode, tokenizer, out, batch_size, max_new_tokens, **kwargs):
         seen.update(ids=[encode(q)[0] for q in questions], pixels=[encode(q)[1] for q in questions],
                     max_new_tokens=max_new_tokens)
+        out.parent.mkdir(parents=True, exist_ok=True)  # the real loop makes it with its first answers
         out.write_text("".join(json.dumps(answer.answer_line(q, "x")) + "\n" for q in questions))
 
     monkeypatch.setattr(answer, "generate_answers", fake_generate)
