@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compat", choices=["ours", "official"], default=None,
                         help="MoD behaviour: official reproduces the released gamma-MoD code (use with --batch-size 1); "
                              "default: the config's")
+    parser.add_argument("--prune", default=None, metavar="SPEC",
+                        help="token pruner (gamma_mod.prune): fastv:K=2,R=0.5, pdrop:layers=8,16,24,lambda=0.5, or none; "
+                             "default: the config's `prune` section")
+    parser.add_argument("--save-prune", action="store_true",
+                        help="also write --prune into the model folder's config.json (later runs use it by default)")
 
 
 def load_image(question):
@@ -69,10 +74,25 @@ def build_encoder(tokenizer, config, template_name: str):
     return encode
 
 
+def save_prune(folder: Path, prune: dict | None) -> None:
+    """Write only the `prune` section of `folder`/config.json (the rest stays as written)."""
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data["prune"] = prune
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    logger.info("wrote prune=%s into %s", prune, path)
+
+
 def run(args: argparse.Namespace) -> int:
     benchmark = get_benchmark(args.benchmark)
     data = Path(args.data)
-    out = Path(args.out) if args.out else Path(args.model) / "eval" / benchmark.name
+    from ..prune import build_pruner  # torch-heavy: only when the command runs
+
+    pruner = build_pruner(args.prune)  # checked before anything is loaded
+    # A pruned run answers into its own folder: the resumable answers of the unpruned run are not its own.
+    tag = "" if args.prune is None else "_" + (pruner.describe().lower().replace(" ", "_").replace("=", "")
+                                                if pruner is not None else "noprune")
+    out = Path(args.out) if args.out else Path(args.model) / "eval" / (benchmark.name + tag)
     out.mkdir(parents=True, exist_ok=True)
     answers = out / "answers.jsonl"
     if not args.score_only:
@@ -87,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
         config = load_config(args.model, args.compat)
+        if args.prune is not None:
+            config.set_prune(args.prune)
+            if args.save_prune:
+                save_prune(Path(args.model), config.prune)
+        if config.prune is not None:
+            logger.info("token pruner: %s", config.prune_config().describe())
         model = AutoModelForCausalLM.from_pretrained(args.model, config=config, dtype=dtype).to(device).eval()
         mod = config.mod_config() if hasattr(config, "mod_config") else None
         if mod is not None and mod.official and args.batch_size > 1:

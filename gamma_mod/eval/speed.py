@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .flops import decoder_tflops
+from .flops import decoder_tflops, tflops_from_layer_tokens
 
 
 @dataclass
@@ -96,6 +96,10 @@ def measured_tflops(model, inputs: SpeedInputs, stats: dict) -> float:
     seq = float(inputs.attention_mask.sum(dim=1).float().mean())
     batch = inputs.input_ids.shape[0]
     skip = {i: (skipped / batch) / seq for i, (_, skipped) in stats.items()}
+    pruned = getattr(model.model, "last_prune_stats", None)
+    if pruned is not None:  # a token pruner: each layer's own mean token count (MoD skips subtracted)
+        tokens = [float(t.float().mean()) - skip.get(i, 0.0) * seq for i, t in enumerate(pruned.layer_tokens)]
+        return tflops_from_layer_tokens(tokens, config.hidden_size, config.intermediate_size)
     return decoder_tflops(int(round(seq)), config.hidden_size, config.intermediate_size,
                           config.num_hidden_layers, sorted(skip), skip)
 
@@ -172,6 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compat", choices=["ours", "official"], default=None,
                         help="MoD behaviour of the --mod models: ours or official (released gamma-MoD rules); "
                              "default: each config's")
+    parser.add_argument("--prune", action="append", default=[], metavar="SPEC",
+                        help="one more row: the dense model with a token pruner (gamma_mod.prune), e.g. "
+                             "fastv:K=2,R=0.5 or pdrop:layers=8,16,24,lambda=0.5; repeatable")
 
 
 def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedInputs:
@@ -198,6 +205,11 @@ def run(args: argparse.Namespace) -> int:
     for path in args.mod:
         config = load_config(path, args.compat)
         models[f"MoD {path}"] = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype).to(args.device)
+    from ..prune.view import with_pruner
+
+    for spec in args.prune:  # same weights, one row per pruner setting
+        view = with_pruner(models["dense"], spec)
+        models[f"dense + {view.model.pruner.describe()}"] = view
     config = models["dense"].config
     if args.data:
         from .prompts import prompts_from_dataset
