@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from gamma_mod.eval.cli import build_encoder
 from gamma_mod.eval.compare import MethodResult, aggregate, format_table
 from gamma_mod.eval.flops import layer_flops
 from gamma_mod.eval.scorers import synthetic
+from gamma_mod.eval.speed import random_inputs, speed_report
+from gamma_mod.model import LlavaLlamaForCausalLM
 from gamma_mod.mod.convert import convert_to_mod
 from gamma_mod.model.builder import build_model
 from gamma_mod.model.configuration import load_config
@@ -109,3 +112,33 @@ def test_aggregate_over_seeds_and_table():
     assert spread["dense"]["accuracy"] == pytest.approx(0.1414, abs=1e-4)  # sample std of 0.5, 0.7
     table = format_table(means, spread)
     assert "| FastV K=2 R=0.5 | 50.0 ± 14.1% | 1 | 0.500 | 21.0 ± 1.4 | 1.75x |" in table
+
+
+def test_speed_rows_for_pruners_count_pruned_tokens(tiny_model):
+    """`gamma-mod speed --prune`: the pruned row's TFLOPs and KV cache follow from the tokens it kept."""
+    view = with_pruner(tiny_model, "fastv:K=2,R=0.5")
+    inputs = random_inputs(tiny_model.config, batch=2, text_tokens=6)  # T = 1 + 16 + 6 = 23
+    dense, fastv = speed_report({"dense": tiny_model, "fastv": view}, inputs, max_new_tokens=2, repeats=1, warmup=0)
+    d, f = tiny_model.config.hidden_size, tiny_model.config.intermediate_size
+    assert fastv.tflops == pytest.approx((2 * layer_flops(23, d, f) + 2 * layer_flops(15, d, f)) / 1e12)
+    assert dense.tflops == pytest.approx(4 * layer_flops(23, d, f) / 1e12)
+    per_token_layer = 2 * 2 * tiny_model.config.num_key_value_heads * 16 * 4  # K+V, batch 2, heads, head_dim, fp32
+    assert fastv.kv_cache_mb * 2**20 == pytest.approx((2 * 23 + 2 * 15) * per_token_layer)
+
+
+def test_eval_prune_flag_answers_apart_and_saves_when_asked(folders, tmp_path):
+    root, data = folders
+    model_dir = tmp_path / "dense"
+    shutil.copytree(root / "dense", model_dir)
+    assert main(["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--data", str(root / "data"),
+                 "--prune", "pdrop:layers=1,2,lambda=0.5", "--limit", "3", "--save-prune"]) == 0
+    assert len((model_dir / "eval" / "synthetic_pdrop_layers1,2_lambda0.5" / "answers.jsonl").read_text().splitlines()) == 3
+    assert not (model_dir / "eval" / "synthetic").exists()  # the unpruned answers are another folder
+    saved = json.loads((model_dir / "config.json").read_text())["prune"]
+    assert saved == {"method": "pdrop", "layers": [1, 2], "lam": 0.5, "ratios": None, "query": "last"}
+    assert LlavaLlamaForCausalLM.from_pretrained(model_dir).model.pruner.describe() == "PDrop layers=1,2 lambda=0.5"
+    # Without --save-prune the folder's config is left alone; "none" switches a saved pruner off for one run.
+    assert main(["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--data", str(root / "data"),
+                 "--prune", "none", "--limit", "2"]) == 0
+    assert json.loads((model_dir / "config.json").read_text())["prune"] == saved
+    assert (model_dir / "eval" / "synthetic_noprune" / "answers.jsonl").exists()

@@ -220,7 +220,8 @@ def reference_forward(model, ids, pixels, stages):
             cos_sin = lm.rotary_emb(h, present.unsqueeze(0))
             for P, r, n in stages:
                 if P == i and r < i:
-                    present, h, cos_sin = present[pending[P]], h[:, pending[P]], (cos_sin[0][:, pending[P]], cos_sin[1][:, pending[P]])
+                    keep = pending[P]
+                    present, h, cos_sin = present[keep], h[:, keep], (cos_sin[0][:, keep], cos_sin[1][:, keep])
                 if r == i:
                     _, probs = layer.self_attn(layer.input_layernorm(h), position_embeddings=cos_sin,
                                                attention_mask=causal(h.shape[1]))
@@ -231,7 +232,8 @@ def reference_forward(model, ids, pixels, stages):
                     keep[ranked[n:]] = False
                     pending[P] = keep
                 if P == i and r == i:
-                    present, h, cos_sin = present[pending[P]], h[:, pending[P]], (cos_sin[0][:, pending[P]], cos_sin[1][:, pending[P]])
+                    keep = pending[P]
+                    present, h, cos_sin = present[keep], h[:, keep], (cos_sin[0][:, keep], cos_sin[1][:, keep])
             normed = layer.input_layernorm(h)
             shape = (1, h.shape[1], -1, layer.self_attn.head_dim)
             k = layer.self_attn.k_proj(normed).view(shape).transpose(1, 2)
@@ -362,9 +364,11 @@ def test_mod_layers_after_the_drop_route_only_present_tokens(tiny_model):
         assert not (stats[i].keep & ~present).any()
 
 
-@pytest.mark.parametrize("twin", ["llava_v1_5_tiny", "llava_hr_tiny", "mgm_hd_tiny"])
-@pytest.mark.parametrize("spec", ["fastv:K=2,R=0.5", "pdrop:layers=1,2,lambda=0.5"])
+@pytest.mark.parametrize("twin,spec", [("llava_v1_5_tiny", "pdrop:layers=1,2,lambda=0.5"),
+                                       ("llava_hr_tiny", "fastv:K=2,R=0.5"),
+                                       ("mgm_hd_tiny", "fastv:K=2,R=0.5"), ("mgm_hd_tiny", "pdrop:layers=1,2,lambda=0.5")])
 def test_every_base_family_tiny_twin(twin, spec):
+    """On a MoD model of each base family (layer 1 MoD): pruned counts, the pruned cache, cache == no cache."""
     torch.manual_seed(0)
     config = build_config(twin, vocab_size=64, image_token_index=IMAGE_TOKEN, pad_token_id=0, bos_token_id=1,
                           eos_token_id=2)

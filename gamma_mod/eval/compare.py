@@ -39,7 +39,8 @@ class MethodResult:
     tflops: float  # per sample, prefill
     prefill_samples_per_s: float
     kv_cache_mb: float  # per sample, after prefill
-    skipped: float  # MoD: skipped of routable (mean over MoD layers); pruners: dropped of image tokens (mean over pruned layers)
+    # MoD: skipped of routable (mean over MoD layers); pruners: dropped of image tokens (mean over pruned layers)
+    skipped: float
     layers: list[int]  # MoD layers, or the layers that run without the dropped tokens
 
 

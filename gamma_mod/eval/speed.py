@@ -90,15 +90,15 @@ def kv_cache_bytes(cache) -> int:
     return total
 
 
-def measured_tflops(model, inputs: SpeedInputs, stats: dict) -> float:
-    """Paper convention, per sample: dense layers see every real token, MoD layers what they kept."""
+def measured_tflops(model, inputs: SpeedInputs, stats: dict, prune_stats=None) -> float:
+    """Paper convention, per sample: dense layers see every real token, MoD layers what they kept;
+    with a token pruner (`prune_stats`, the prefill's `last_prune_stats`) each layer what is left."""
     config = model.config
     seq = float(inputs.attention_mask.sum(dim=1).float().mean())
     batch = inputs.input_ids.shape[0]
     skip = {i: (skipped / batch) / seq for i, (_, skipped) in stats.items()}
-    pruned = getattr(model.model, "last_prune_stats", None)
-    if pruned is not None:  # a token pruner: each layer's own mean token count (MoD skips subtracted)
-        tokens = [float(t.float().mean()) - skip.get(i, 0.0) * seq for i, t in enumerate(pruned.layer_tokens)]
+    if prune_stats is not None:  # each layer's own mean token count (MoD skips subtracted)
+        tokens = [float(t.float().mean()) - skip.get(i, 0.0) * seq for i, t in enumerate(prune_stats.layer_tokens)]
         return tflops_from_layer_tokens(tokens, config.hidden_size, config.intermediate_size)
     return decoder_tflops(int(round(seq)), config.hidden_size, config.intermediate_size,
                           config.num_hidden_layers, sorted(skip), skip)
@@ -119,6 +119,7 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
     prefill_s = _timed(lambda: model(**kwargs, use_cache=True, logits_to_keep=1), device, repeats, warmup)
     out = model(**kwargs, use_cache=True, logits_to_keep=1)
     stats = dict(model.last_routing_stats)
+    prune_stats = getattr(model.model, "last_prune_stats", None)  # decode steps overwrite it below
     kv = kv_cache_bytes(out.cache)
     del out
 
@@ -136,7 +137,7 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
         name=name, prefill_samples_per_s=batch / prefill_s,
         decode_tokens_per_s=batch * (max_new_tokens - 1) / decode_s if decode_s > 0 else float("nan"),
         generate_s=generate_s, kv_cache_mb=kv / 2**20, peak_memory_mb=peak, skip_rate=skip_rate,
-        tflops=measured_tflops(model, inputs, stats),
+        tflops=measured_tflops(model, inputs, stats, prune_stats),
     )
 
 

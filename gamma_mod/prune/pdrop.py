@@ -47,7 +47,8 @@ class PDropConfig:
         if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 1:
             raise PrunerConfigError(f"pdrop: layers must be increasing integers >= 1, got {list(self.layers)}")
         if not 0.0 <= float(self.lam) <= 1.0:
-            raise PrunerConfigError(f"pdrop: lambda (share of image tokens kept per stage) must be in [0, 1], got {self.lam!r}")
+            raise PrunerConfigError(f"pdrop: lambda (share of image tokens kept per stage) must be in [0, 1], "
+                                    f"got {self.lam!r}")
         if self.ratios is not None:
             if len(self.ratios) != len(self.layers):
                 raise PrunerConfigError(f"pdrop: {len(self.ratios)} ratios for {len(self.layers)} layers")
