@@ -7,6 +7,8 @@ image tokens still present by the attention the ranking queries give them in lay
 `keep_counts(n_image, s)` of them per row, counted from the row's ORIGINAL number of image tokens.
 Dropped tokens leave every later layer and that layer's KV cache; the kept ones keep their
 original RoPE positions (gamma_mod/prune/session.py applies all of this inside the decoder loop).
+A MoD layer can rank too: its q/k are applied to every present token, although its own attention
+then runs over the tokens its router keeps.
 
 Ranking queries (`query`):
   last         the prompt's last token (FastV; PDrop at inference, where it is the last

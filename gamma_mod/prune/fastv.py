@@ -12,7 +12,7 @@ Deliberate deviations:
   fixed `image_token_start_index` / `image_token_length` and ranks with batch row 0 for every row.
 - The ranking attention is recomputed from layer K-1's own q_proj/k_proj/RoPE for the ranking
   queries only (gamma_mod/prune/ranking.py) instead of asking that layer for its full eager
-  attention map (`output_attentions`, which forces eager attention); SDPA/flash stay on.
+  attention map (`output_attentions`, which forces eager attention); SDPA stays on.
 - Probabilities stay fp32 through the head mean (official: cast back to fp16 first), and ties go to
   the earlier token (torch.topk leaves their order unspecified).
 - `query` can also be "instruction" or "text" (gamma_mod/prune/base.py); the official ranks with

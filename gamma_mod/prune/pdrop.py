@@ -19,7 +19,10 @@ Deliberate deviations:
 - Probabilities stay fp32 through the means (official: cast back to the model dtype); ties go to
   the earlier token.
 - The ranking layer's q/k are computed for the ranking queries and all keys only, never a full
-  attention map; SDPA/flash stay on for every layer.
+  attention map; SDPA stays on for every layer.
+- In training the official also drops the dropped tokens' labels and re-pads the batch; we keep the
+  output at full length (a dropped token's output is its hidden state at the drop; image tokens
+  carry no label anyway).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 
 These are exactly the rows of the layer's eager attention map the pruners read (the softmax runs
 over every key the query sees, not only the image keys), at O(Q * T) cost instead of O(T^2), and
-the model keeps SDPA/flash attention everywhere. Pure tensor code, tested on hand-made inputs.
+the model keeps SDPA (or eager) attention in every layer. Pure tensor code, tested on hand-made inputs.
 """
 
 from __future__ import annotations

@@ -63,7 +63,6 @@ class PruneSession:
         self.stages = pruner.stages()
         self.drop_at = {stage.layer: s for s, stage in enumerate(self.stages)}
         self.rank_at = {stage.rank_layer: s for s, stage in enumerate(self.stages)}
-        self.first_layer = self.stages[0].layer
         self.step_mask = step_mask  # (B, T) as given (for MoD contexts), or None
         self.real = step_mask.bool() if step_mask is not None else torch.ones_like(is_image)
         self.is_image = is_image & self.real
