@@ -15,6 +15,7 @@ from gamma_mod.eval.flops import (decoder_tflops, layer_flops, measured_layer_to
 from gamma_mod.mod.convert import convert_to_mod
 from gamma_mod.model import LlavaLlamaForCausalLM
 from gamma_mod.model.builder import build_config
+from gamma_mod.model.configuration import load_config
 from gamma_mod.prune import PrunerConfigError, build_pruner, parse_pruner_spec
 from gamma_mod.prune.ranking import key_attention, keep_top_scoring, layer_key_attention, query_mask
 from gamma_mod.prune.session import PruneSession
@@ -426,3 +427,11 @@ def test_measured_layer_tokens_from_a_pruned_forward(tiny_model):
     d, f = 64, 128
     expected = [sum(layer_flops(int(t), d, f) for t in row) / 1e12 for row in counts]
     assert per_sample_tflops(counts, d, f).tolist() == pytest.approx(expected)
+
+
+def test_a_bad_saved_pruner_names_the_config_file(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "prune": {"method": "fastv", "k": 9}}))
+    with pytest.raises(PrunerConfigError, match=r"config\.json: FastV K=9 R=0.5: drops before layer 9, outside 1..3"):
+        load_config(tmp_path)

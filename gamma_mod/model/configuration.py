@@ -206,6 +206,6 @@ def load_config(folder, compat: str | None = None) -> LlavaLlamaConfig:
             config.set_mod_compat(compat)
         elif compat is not None:
             raise ModConfigError(f"--compat {compat}: model_type {config.model_type!r} is not a gamma-mod model")
-    except ModConfigError as e:
-        raise ModConfigError(f"{os.path.join(str(folder), 'config.json')}: {e}") from None
+    except (ModConfigError, PrunerConfigError) as e:
+        raise type(e)(f"{os.path.join(str(folder), 'config.json')}: {e}") from None
     return config
