@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("gamma_mod.eval.cli", "answer and score a benchmark"),
     "speed": ("gamma_mod.eval.speed", "dense vs MoD efficiency report"),
     "skipmap": ("gamma_mod.eval.skipmap", "draw which image patches each MoD layer skipped"),
+    "compare": ("gamma_mod.eval.compare", "accuracy vs TFLOPs: dense, MoD and token pruners (FastV, PDrop)"),
     "pipeline": ("gamma_mod.pipeline", "the whole gamma-MoD pipeline on the embedded default"),
 }
 

@@ -2,7 +2,8 @@
 
     synthetic data -> stage 1 (projector) -> stage-2 dense SFT -> ARank -> select + convert
     -> MoD SFT (adaptation) and, for a fair baseline, the same extra SFT of the dense model
-    -> held-out VQA accuracy + prefill speed -> one table
+    -> held-out VQA accuracy + prefill speed -> one table, with training-free FastV and PDrop rows
+       (the dense model's own weights with a token pruner, gamma_mod/prune)
 
 The paper converts a model whose LLM is pretrained (Vicuna); the tiny default's LLM starts random,
 so its first SFT epochs stand in for that pretraining: ARank is measured on the SFT model (on a
@@ -35,8 +36,9 @@ class PipelineReport:
     name: str
     accuracy: float
     prefill_samples_per_s: float
-    skipped_fraction: float  # of routable tokens, mean over MoD layers
-    mod_layers: list[int]
+    skipped_fraction: float  # MoD: of routable tokens, mean over MoD layers; pruners: of image tokens
+    mod_layers: list[int]  # the layers that skip tokens (MoD layers, or the layers after a pruner's first drop)
+    tflops: float = 0.0  # prefill TFLOPs per sample, paper convention with the measured token counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vqa-test", type=int, default=200, help="synthetic held-out images (3 questions each)")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap every training stage (smoke runs)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
+    parser.add_argument("--prune", action="append", default=None, metavar="SPEC",
+                        help="a training-free pruner row on the dense model (gamma_mod.prune), repeatable; default: "
+                             "fastv:K=2,R=0.5 and PDrop at the paper's layers 8/16/24 of 32 scaled to depth, lambda 0.5")
+    parser.add_argument("--no-prune", action="store_true", help="no pruner rows")
+
+
+def default_pruners(num_layers: int) -> list[str]:
+    """FastV's K=2 R=0.5, and PDrop's 8/16/24 of 32 layers (lambda 0.5) scaled to this depth."""
+    layers = sorted({max(1, min(num_layers - 1, round(l * num_layers / 32))) for l in (8, 16, 24)})
+    return ["fastv:K=2,R=0.5", f"pdrop:layers={','.join(map(str, layers))},lambda=0.5"]
 
 
 def _done(folder: Path) -> bool:
@@ -154,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     timings["adapt"] = time.perf_counter() - t
 
     t = step("6/6 evaluation: held-out synthetic VQA accuracy and prefill speed")
-    rows = evaluate_pair(stage2_dense, stage2_mod, data, out, args.eval_samples, args.strategy)
+    n_layers = json.loads((stage2_dense / "config.json").read_text())["num_hidden_layers"]
+    pruners = [] if args.no_prune else (args.prune or default_pruners(n_layers))
+    rows = evaluate_pair(stage2_dense, stage2_mod, data, out, args.eval_samples, args.strategy, pruners)
     timings["eval"] = time.perf_counter() - t
 
     table = format_report(rows, data.chance_accuracy)
@@ -170,14 +184,15 @@ def run(args: argparse.Namespace) -> int:
 def format_report(rows: list[PipelineReport], chance: float) -> str:
     dense = rows[0]
     lines = [
-        f"| model | held-out VQA accuracy | prefill samples/s | prefill speed-up | skipped tokens (of routable) | MoD layers |",
-        "|---|---|---|---|---|---|",
+        "| model | held-out VQA accuracy | TFLOPs/sample | TFLOPs vs dense | prefill samples/s | prefill speed-up | "
+        "skipped tokens (MoD: of routable; pruners: of image) | layers skipping |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.name} | {100 * r.accuracy:.1f}% | {r.prefill_samples_per_s:.1f} | "
-            f"{r.prefill_samples_per_s / dense.prefill_samples_per_s:.2f}x | {100 * r.skipped_fraction:.1f}% | "
-            f"{r.mod_layers or '-'} |"
+            f"| {r.name} | {100 * r.accuracy:.1f}% | {r.tflops:.4g} | {r.tflops / dense.tflops:.3f} | "
+            f"{r.prefill_samples_per_s:.1f} | {r.prefill_samples_per_s / dense.prefill_samples_per_s:.2f}x | "
+            f"{100 * r.skipped_fraction:.1f}% | {r.mod_layers or '-'} |"
         )
     lines.append(f"\nchance level (majority answer per question type): {100 * chance:.1f}%")
     return "\n".join(lines)
@@ -241,22 +256,26 @@ def convert_folder(source: Path, out: Path, layers: list[int] | None, ratio: flo
             shutil.copy2(source / name, out / name)
 
 
-def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples: int, strategy: str) -> list[PipelineReport]:
+def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples: int, strategy: str,
+                  pruners: list[str] = ()) -> list[PipelineReport]:
+    """Dense, MoD and each pruner on the dense weights: accuracy, TFLOPs and prefill speed in one run."""
     from PIL import Image
 
     from .data.preprocess import encode_prompt
     from .data.templates import get_template
     from .data.tokenizer import load_tokenizer
     from .eval.answer import generate_answers, left_pad
+    from .eval.compare import compare_methods
     from .eval.scorers import synthetic
-    from .eval.speed import SpeedInputs, alternating_prefill_times
+    from .eval.speed import SpeedInputs
     from .model import LlavaLlamaForCausalLM
     from .model.vision import ImageProcessor
+    from .prune.view import with_pruner
 
     template = get_template("vicuna_v1")
     questions = synthetic.read_questions(data.stage2_test, data.images)[:eval_samples]
     names = {"dense": dense_dir, f"MoD ({strategy})": mod_dir}
-    models, prompts, accuracy, skipped = {}, {}, {}, {}
+    models, encoders, prompts = {}, {}, {}
     for name, folder in names.items():
         model = LlavaLlamaForCausalLM.from_pretrained(folder).eval()
         tokenizer = load_tokenizer(str(folder))
@@ -267,26 +286,26 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples:
                 pixels = processor(img)
             return encode_prompt(tokenizer, template, q.text, model.config.num_image_tokens), pixels
 
-        answers = out / "eval" / f"{folder.name}.jsonl"
+        batch = [encode(q) for q in questions[:32]]
+        ids, mask = left_pad([b[0] for b in batch], tokenizer.pad_token_id)
+        models[name], encoders[name] = model, (encode, tokenizer, folder.name)
+        prompts[name] = SpeedInputs(ids, mask, torch.stack([b[1] for b in batch]))
+    for spec in pruners:  # training-free: the dense weights with a pruner
+        view = with_pruner(models["dense"], spec)
+        name = view.model.pruner.describe()
+        models[name], prompts[name] = view, prompts["dense"]
+        encode, tokenizer, _ = encoders["dense"]
+        encoders[name] = (encode, tokenizer, f"{dense_dir.name}_{name.replace(' ', '_').replace('=', '')}")
+
+    def answer(name: str, model) -> float:
+        encode, tokenizer, stem = encoders[name]
+        answers = out / "eval" / f"{stem}.jsonl"
         answers.unlink(missing_ok=True)
         generate_answers(model, questions, encode, tokenizer, answers, batch_size=16, max_new_tokens=3)
         metrics = synthetic.score(answers, data.stage2_test)
         logger.info("%s: %s", name, metrics)
-        accuracy[name] = metrics["accuracy"]
-        batch = [encode(q) for q in questions[:32]]
-        ids, mask = left_pad([b[0] for b in batch], tokenizer.pad_token_id)
-        prompts[name] = SpeedInputs(ids, mask, torch.stack([b[1] for b in batch]))
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask, pixel_values=prompts[name].pixel_values)
-        stats = model.last_routing_stats
-        routable = sum(r for r, _ in stats.values())
-        skipped[name] = sum(s for _, s in stats.values()) / routable if routable else 0.0
-        models[name] = model
-    seconds = alternating_prefill_times(models, prompts)
-    rows = []
-    for name, model in models.items():
-        mod = model.config.mod_config()
-        rows.append(PipelineReport(name=name, accuracy=accuracy[name],
-                                   prefill_samples_per_s=prompts[name].input_ids.shape[0] / seconds[name],
-                                   skipped_fraction=skipped[name], mod_layers=mod.mod_layers_idx if mod else []))
-    return rows
+        return metrics["accuracy"]
+
+    return [PipelineReport(name=r.name, accuracy=r.accuracy, prefill_samples_per_s=r.prefill_samples_per_s,
+                           skipped_fraction=r.skipped, mod_layers=r.layers, tflops=r.tflops)
+            for r in compare_methods(models, answer, prompts)]

@@ -22,14 +22,18 @@ def run(tmp_path, strategy, *extra):
 def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert run(tmp_path, "gamma", "--k-dense", "3") == 0
     report = json.loads((tmp_path / "run" / "report_gamma.json").read_text())
-    dense, mod = report["rows"]
+    dense, mod, fastv, pdrop = report["rows"]
     assert dense["skipped_fraction"] == 0 and mod["skipped_fraction"] > 0.4
+    # Training-free rows on the dense weights: FastV K=2 R=0.5, PDrop at 8/16/24 of 32 scaled to 4 layers.
+    assert (fastv["name"], fastv["skipped_fraction"], fastv["mod_layers"]) == ("FastV K=2 R=0.5", 0.5, [2, 3])
+    assert pdrop["name"] == "PDrop layers=1,2,3 lambda=0.5" and pdrop["mod_layers"] == [1, 2, 3]
+    assert pdrop["tflops"] < fastv["tflops"] < dense["tflops"]
     # 4 layers, 3 dense: first, last and the higher-ARank one of the middle two
     assert len(mod["mod_layers"]) == 1 and mod["mod_layers"][0] in (1, 2)
     assert 0 <= mod["accuracy"] <= 1
     assert (tmp_path / "run" / "arank.json").exists() and (tmp_path / "run" / "arank.png").exists()
     table = capsys.readouterr().out
-    assert "| dense |" in table and "| MoD (gamma) |" in table
+    assert "| dense |" in table and "| MoD (gamma) |" in table and "| FastV K=2 R=0.5 |" in table
     # A second run finds every stage complete and only re-evaluates.
     stamp = (tmp_path / "run" / "stage2_gamma" / "complete.json").stat().st_mtime
     assert run(tmp_path, "gamma", "--k-dense", "3") == 0
@@ -37,9 +41,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_pipeline_pmod(tmp_path):
-    assert run(tmp_path, "pmod") == 0
+    assert run(tmp_path, "pmod", "--no-prune") == 0
     report = json.loads((tmp_path / "run" / "report_pmod.json").read_text())
-    assert report["rows"][1]["name"] == "MoD (pmod)"
+    assert [r["name"] for r in report["rows"]] == ["dense", "MoD (pmod)"]
 
 
 @pytest.mark.parametrize("twin", ["llava_v1_5_tiny", "llava_hr_tiny", "mgm_hd_tiny"])
@@ -48,6 +52,7 @@ def test_pipeline_on_each_base_tiny_twin(tmp_path, twin):
     assert main(["pipeline", "--out", str(tmp_path / twin), "--model", twin, "--captions", "8", "--vqa-train", "4",
                  "--vqa-test", "2", "--max-steps", "2", "--arank-samples", "2", "--eval-samples", "6"]) == 0
     report = json.loads((tmp_path / twin / "report_gamma.json").read_text())
-    dense, mod = report["rows"]
+    dense, mod, *pruners = report["rows"]
+    assert [p["name"].split()[0] for p in pruners] == ["FastV", "PDrop"]
     assert mod["mod_layers"] == [1, 2] and mod["skipped_fraction"] > 0.4
     assert (tmp_path / twin / "arank.json").exists()

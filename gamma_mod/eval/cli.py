@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a scorer choice, repeatable (e.g. lenient=true for seed_bench/mmbench, rule=llava-hr "
                              "for scienceqa); the defaults reproduce the official scripts")
+    parser.add_argument("--prune", default=None, metavar="SPEC",
+                        help="token pruner (gamma_mod.prune): fastv:K=2,R=0.5, pdrop:layers=8,16,24,lambda=0.5, or none; "
+                             "default: the config's `prune` section")
+    parser.add_argument("--save-prune", action="store_true",
+                        help="also write --prune into the model folder's config.json (later runs use it by default)")
 
 
 def load_image(question):
@@ -85,11 +90,26 @@ def build_encoder(tokenizer, config, template_name: str):
     return encode
 
 
+def save_prune(folder: Path, prune: dict | None) -> None:
+    """Write only the `prune` section of `folder`/config.json (the rest stays as written)."""
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data["prune"] = prune
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    logger.info("wrote prune=%s into %s", prune, path)
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..prune import build_pruner  # torch-heavy: only when the command runs
+
     benchmark = get_benchmark(args.benchmark)
     score_options = benchmark.parse_options(args.score_option)  # before generating: a typo fails fast
     data = Path(args.data)
-    out = Path(args.out) if args.out else Path(args.model) / "eval" / benchmark.name
+    pruner = build_pruner(args.prune)  # checked before anything is loaded
+    # A pruned run answers into its own folder: the resumable answers of the unpruned run are not its own.
+    tag = "" if args.prune is None else "_" + (pruner.describe().lower().replace(" ", "_").replace("=", "")
+                                                if pruner is not None else "noprune")
+    out = Path(args.out) if args.out else Path(args.model) / "eval" / (benchmark.name + tag)
     answers = out / "answers.jsonl"
     if not data.is_dir():
         raise DataError(f"no benchmark data folder at {data} (--data)", "missing file")
@@ -100,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         from ..data.tokenizer import load_tokenizer
-        from ..model.folder import load_model_folder
+        from ..model.configuration import load_config
+        from ..model.folder import check_model_folder, load_model_folder
         from .answer import check_images, generate_answers
 
         questions = read_questions(benchmark, data, PromptOptions(
@@ -111,9 +132,17 @@ def run(args: argparse.Namespace) -> int:
         check_images(questions)  # every input is checked before anything is written
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-        model = load_model_folder(args.model, tokenizer=True, what="--model", compat=args.compat,
+        check_model_folder(args.model, tokenizer=True, what="--model")
+        config = load_config(args.model, args.compat)
+        if args.prune is not None:
+            config.set_prune(args.prune)
+            if args.save_prune:
+                save_prune(Path(args.model), config.prune)
+        if config.prune is not None:
+            logger.info("token pruner: %s", config.prune_config().describe())
+        model = load_model_folder(args.model, tokenizer=True, what="--model", config=config,
                                   dtype=dtype).to(device).eval()
-        mod = model.config.mod_config() if hasattr(model.config, "mod_config") else None
+        mod = config.mod_config() if hasattr(config, "mod_config") else None
         if mod is not None and mod.official and args.batch_size > 1:
             logger.warning("official compat mode with --batch-size %d: the official decode rule follows batch row 0, "
                            "so answers depend on the batch; the official numbers use --batch-size 1", args.batch_size)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError, UsageError
-from .flops import decoder_tflops
+from .flops import decoder_tflops, tflops_from_layer_tokens
 
 
 @dataclass
@@ -92,12 +92,16 @@ def kv_cache_bytes(cache) -> int:
     return total
 
 
-def measured_tflops(model, inputs: SpeedInputs, stats: dict) -> float:
-    """Paper convention, per sample: dense layers see every real token, MoD layers what they kept."""
+def measured_tflops(model, inputs: SpeedInputs, stats: dict, prune_stats=None) -> float:
+    """Paper convention, per sample: dense layers see every real token, MoD layers what they kept;
+    with a token pruner (`prune_stats`, the prefill's `last_prune_stats`) each layer what is left."""
     config = model.config
     seq = float(inputs.attention_mask.sum(dim=1).float().mean())
     batch = inputs.input_ids.shape[0]
     skip = {i: (skipped / batch) / seq for i, (_, skipped) in stats.items()}
+    if prune_stats is not None:  # each layer's own mean token count (MoD skips subtracted)
+        tokens = [float(t.float().mean()) - skip.get(i, 0.0) * seq for i, t in enumerate(prune_stats.layer_tokens)]
+        return tflops_from_layer_tokens(tokens, config.hidden_size, config.intermediate_size)
     return decoder_tflops(int(round(seq)), config.hidden_size, config.intermediate_size,
                           config.num_hidden_layers, sorted(skip), skip)
 
@@ -117,6 +121,7 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
     prefill_s = _timed(lambda: model(**kwargs, use_cache=True, logits_to_keep=1), device, repeats, warmup)
     out = model(**kwargs, use_cache=True, logits_to_keep=1)
     stats = dict(model.last_routing_stats)
+    prune_stats = getattr(model.model, "last_prune_stats", None)  # decode steps overwrite it below
     kv = kv_cache_bytes(out.cache)
     del out
 
@@ -134,7 +139,7 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
         name=name, prefill_samples_per_s=batch / prefill_s,
         decode_tokens_per_s=batch * (max_new_tokens - 1) / decode_s if decode_s > 0 else float("nan"),
         generate_s=generate_s, kv_cache_mb=kv / 2**20, peak_memory_mb=peak, skip_rate=skip_rate,
-        tflops=measured_tflops(model, inputs, stats),
+        tflops=measured_tflops(model, inputs, stats, prune_stats),
     )
 
 
@@ -174,6 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compat", choices=["ours", "official"], default=None,
                         help="MoD behaviour of the --mod models: ours or official (released gamma-MoD rules); "
                              "default: each config's")
+    parser.add_argument("--prune", action="append", default=[], metavar="SPEC",
+                        help="one more row: the dense model with a token pruner (gamma_mod.prune), e.g. "
+                             "fastv:K=2,R=0.5 or pdrop:layers=8,16,24,lambda=0.5; repeatable")
 
 
 def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedInputs:
@@ -203,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
     models = {"dense": load_model_folder(args.dense, what="--dense", dtype=dtype).to(args.device)}
     for path in args.mod:
         models[f"MoD {path}"] = load_model_folder(path, what="--mod", compat=args.compat, dtype=dtype).to(args.device)
+    from ..prune.view import with_pruner
+
+    for spec in args.prune:  # same weights, one row per pruner setting
+        view = with_pruner(models["dense"], spec)
+        models[f"dense + {view.model.pruner.describe()}"] = view
     config = models["dense"].config
     if args.data:
         from .prompts import prompts_from_dataset

@@ -22,6 +22,7 @@ from typing import Any
 from transformers import CLIPVisionConfig, LlamaConfig
 
 from ..mod.config import ModConfig, ModConfigError
+from ..prune import PrunerConfigError, TokenPruner, build_pruner
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 VISION_TOWER_TYPES = ("clip", "llava_hr", "mgm")
@@ -52,6 +53,7 @@ class LlavaLlamaConfig(LlamaConfig):
         image_size_aux: int | None = None,
         image_grid: int = 1,
         image_global: bool = False,
+        prune: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
         from .vision.presets import clip_preset, convnext_preset
@@ -97,12 +99,15 @@ class LlavaLlamaConfig(LlamaConfig):
         self.image_std = image_std or [0.26862954, 0.26130258, 0.27577711]
         self.image_aspect_ratio = image_aspect_ratio
         self.mod = mod
+        # Inference-time token pruner (gamma_mod.prune), e.g. {"method": "fastv", "k": 2, "r": 0.5}; None: off.
+        self.prune = prune
         super().__init__(**kwargs)
         if mm_projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"mm_projector_type must be one of {PROJECTOR_TYPES}, got {mm_projector_type!r}")
         if mm_vision_select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {mm_vision_select_feature!r}")
         self.mod_config()  # validate early: a bad mod section is an error at load, not at forward
+        self.prune_config()
 
     def clip_vision_config(self) -> CLIPVisionConfig | None:
         return CLIPVisionConfig(**self.vision_config) if self.vision_config else None
@@ -124,6 +129,24 @@ class LlavaLlamaConfig(LlamaConfig):
             raise ModConfigError(f"--compat {compat}: the model has no MoD layers (no `mod` section in its config)")
         self.mod = {**self.mod, "compat": compat}
         self.mod_config()
+
+    def prune_config(self) -> TokenPruner | None:
+        """The configured token pruner (gamma_mod.prune), checked against this model, or None."""
+        pruner = build_pruner(self.prune)
+        if pruner is not None:
+            pruner.validate(self.num_hidden_layers)
+            mod = self.mod_config()
+            if mod is not None and mod.official:
+                raise PrunerConfigError(f"{pruner.describe()}: token pruners need MoD layers with mod.compat 'ours' "
+                                        "(the official mode's fixed routable region and renumbered positions assume "
+                                        "the full sequence)")
+        return pruner
+
+    def set_prune(self, spec: str | dict[str, Any] | None) -> None:
+        """Override `prune` with a spec ("fastv:K=2,R=0.5", a dict, or "none"/None to switch it off)."""
+        pruner = build_pruner(spec)
+        self.prune = pruner.to_dict() if pruner is not None else None
+        self.prune_config()
 
     @property
     def num_image_tokens(self) -> int:
@@ -183,6 +206,6 @@ def load_config(folder, compat: str | None = None) -> LlavaLlamaConfig:
             config.set_mod_compat(compat)
         elif compat is not None:
             raise ModConfigError(f"--compat {compat}: model_type {config.model_type!r} is not a gamma-mod model")
-    except ModConfigError as e:
-        raise ModConfigError(f"{os.path.join(str(folder), 'config.json')}: {e}") from None
+    except (ModConfigError, PrunerConfigError) as e:
+        raise type(e)(f"{os.path.join(str(folder), 'config.json')}: {e}") from None
     return config

@@ -29,6 +29,8 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from ..mod.layer import ModForwardContext, MoDDecoderLayer
 from ..mod.router import TokenRouter, ZeroInitLinear
 from ..mod.strategies import build_strategy
+from ..prune import TokenPruner
+from ..prune.session import PruneSession
 from .configuration import LlavaLlamaConfig, ModLlavaLlamaConfig
 from .projector import build_projector
 from .vision.factory import build_vision_tower, owning_submodel
@@ -93,6 +95,8 @@ class GammaLlamaModel(LlamaModel):
         if vision_tower is not None:
             self.vision_tower = vision_tower
             self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
+        self.pruner: TokenPruner | None = config.prune_config()  # inference-time token pruner (gamma_mod.prune)
+        self.last_prune_stats = None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -184,12 +188,23 @@ class GammaLlamaModel(LlamaModel):
                                             rotary=self.rotary_emb, position_ids=position_ids, labels=mod_labels)
 
         hidden = inputs_embeds
-        for layer in self.layers:
+        pruning = None
+        if self.pruner is not None:
+            pruning = PruneSession.start(
+                self.pruner, hidden=hidden, input_ids=input_ids, image_token=self.config.image_token_index,
+                step_mask=attention_mask[:, -length:] if attention_mask is not None and attention_mask.dim() == 2 else None,
+                past=past, decode_start=mod_decode_start, labels=mod_labels, cache=cache,
+                attn_implementation=self.config._attn_implementation)
+        for i, layer in enumerate(self.layers):
             extra = {"mod_context": mod_context} if isinstance(layer, MoDDecoderLayer) else {}
-            hidden = layer(
-                hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
-                position_ids=position_ids, cache=cache, use_cache=use_cache, **extra, **kwargs,
-            )
+            layer_kwargs = dict(attention_mask=causal_mask, position_embeddings=position_embeddings,
+                                position_ids=position_ids, **extra)
+            if pruning is not None:  # drops image tokens between layers (gamma_mod/prune/session.py)
+                hidden, layer_kwargs = pruning.before_layer(i, layer, hidden, layer_kwargs)
+            hidden = layer(hidden, cache=cache, use_cache=use_cache, **layer_kwargs, **kwargs)
+        if pruning is not None:
+            hidden = pruning.finish(hidden)
+        self.last_prune_stats = pruning.stats if pruning is not None else None
         hidden = self.norm(hidden)
         return GammaModelOutput(last_hidden_state=hidden, cache=cache, mod_context=mod_context)
 
@@ -264,6 +279,12 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 with gathered_for_write(param), torch.no_grad():
                     param.copy_(first[name].to(param.dtype))
 
+    def set_pruner(self, spec: str | dict | TokenPruner | None) -> None:
+        """Switch the inference-time token pruner ("fastv:K=2,R=0.5", a dict, a pruner, or None); the
+        config's `prune` follows, so save_pretrained keeps it."""
+        self.config.set_prune(spec.to_dict() if isinstance(spec, TokenPruner) else spec)
+        self.model.pruner = self.config.prune_config()
+
     # -- forward ------------------------------------------------------------------------------
     def forward(
         self,
@@ -321,7 +342,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
 
     def generate(self, inputs=None, **kwargs):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if input_ids is not None and self.model.mod_layer_indices and "mod_decode_start" not in kwargs:
+        needs_start = self.model.mod_layer_indices or self.model.pruner is not None
+        if input_ids is not None and needs_start and "mod_decode_start" not in kwargs:
             # Tokens at or past this index are "decode" tokens for the MoD decode rule, with or without cache.
             kwargs["mod_decode_start"] = input_ids.shape[1]
         return super().generate(inputs, **kwargs)
