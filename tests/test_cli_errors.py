@@ -269,6 +269,22 @@ CASES = {
                                                  r"image file .*absent.png not found"),
     "speed-zero-samples": (2, lambda e: (["speed", "--dense", e.dense, "--mod", e.mod, "--num-samples", "0"], e.root),
                            lambda e: r"--num-samples must be >= 1, got 0"),
+    # compare (answers into --out: nothing may appear there)
+    "compare-missing-base-folder": (2, lambda e: (["compare", "--base", e.root / "nosuch", "--data", e.data.root,
+                                                   "--out", e.root / "o"], e.root),
+                                    lambda e: rf"--base: no model folder at .*nosuch {re.escape(NO_MODEL)}"),
+    "compare-missing-mod-folder": (2, lambda e: (["compare", "--base", e.dense, "--mod", e.root / "nosuch", "--data",
+                                                  e.data.root, "--out", e.root / "o"], e.root),
+                                   lambda e: rf"--mod: no model folder at .*nosuch {re.escape(NO_MODEL)}"),
+    "compare-missing-data-folder": (1, lambda e: (["compare", "--base", e.dense, "--data", e.root / "nodata",
+                                                   "--out", e.root / "o"], e.root),
+                                    lambda e: r"no benchmark data folder at .*nodata \(--data\)"),
+    "compare-bad-fastv": (2, lambda e: (["compare", "--base", e.dense, "--data", e.data.root, "--fastv", "K=0,R=0.5",
+                                         "--out", e.root / "o"], e.root),
+                          lambda e: r"fastv: K must be an integer >= 1"),
+    "compare-server-scored-benchmark": (2, lambda e: (["compare", "--base", e.dense, "--data", e.data.root,
+                                                       "--benchmark", "vqav2", "--out", e.root / "o"], e.root),
+                                        lambda e: r"--benchmark vqav2: scored by its server"),
     # skipmap
     "skipmap-missing-model-folder": (2, lambda e: (["skipmap", "--model", e.root / "nosuch", "--image",
                                                     e.data.images / "cap_00000.png", "--question", "what?", "--out",
@@ -318,6 +334,11 @@ def check_case(case: str, env: Env, capsys) -> None:
 
 def cases(command: str) -> list[str]:
     return sorted(case for case in CASES if case.startswith(f"{command}-"))
+
+
+@pytest.mark.parametrize("case", cases("compare"))
+def test_compare_bad_input(case, env, capsys):
+    check_case(case, env, capsys)
 
 
 @pytest.mark.parametrize("case", cases("synth"))

@@ -200,40 +200,46 @@ def pruner_specs(args: argparse.Namespace) -> list[str]:
 
 
 def run_compare(args: argparse.Namespace) -> list[MethodResult]:
-    from transformers import AutoModelForCausalLM
-
-    import gamma_mod  # noqa: F401  registers our model types with the Auto classes
     from ..data.tokenizer import load_tokenizer
+    from ..errors import ConfigError, DataError, UsageError
+    from ..model.folder import check_model_folder, load_model_folder
     from ..prune import build_pruner
     from ..prune.view import with_pruner
-    from .answer import generate_answers, left_pad
-    from .cli import build_encoder
+    from .answer import check_images, generate_answers, left_pad
+    from .cli import build_encoder, read_questions
+    from .prompts import PromptOptions
     from .scorers import get_benchmark
     from .speed import SpeedInputs
 
+    # Every input is checked before any model loads or anything is written (gamma_mod/errors.py).
     benchmark = get_benchmark(args.benchmark)
     if benchmark.submission_only:
-        raise ValueError(f"--benchmark {benchmark.name}: scored by its server, no local accuracy to compare")
+        raise UsageError(f"--benchmark {benchmark.name}: scored by its server, no local accuracy to compare")
     specs = pruner_specs(args)
     for spec in specs:
         build_pruner(spec)  # a bad setting fails before any model loads
+    for flag, folder in [("--base", args.base)] + [("--mod", f) for f in args.mod] + [("--pmod", f) for f in args.pmod]:
+        check_model_folder(folder, tokenizer=True, what=flag)
+    if not Path(args.data).is_dir():
+        raise DataError(f"no benchmark data folder at {args.data} (--data)", "missing file")
     out = Path(args.out) if args.out else Path(args.base) / "compare" / benchmark.name
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
-    questions = benchmark.read_questions(Path(args.data))
+    questions = read_questions(benchmark, Path(args.data), PromptOptions())
     if args.limit is not None:
         questions = questions[:args.limit]
+    check_images(questions)
 
     folders = {"dense": Path(args.base)}
-    models = {"dense": AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).to(device).eval()}
+    models = {"dense": load_model_folder(args.base, what="--base", dtype=dtype).to(device).eval()}
     if models["dense"].model.pruner is not None:
-        raise ValueError(f"--base {args.base}: its config.json sets a token pruner; the reference must be dense")
+        raise ConfigError(f"--base {args.base}: its config.json sets a token pruner; the reference must be dense")
     for spec in specs:
         view = with_pruner(models["dense"], spec)
         models[view.model.pruner.describe()] = view
         folders[view.model.pruner.describe()] = Path(args.base)
     for folder in [*args.mod, *args.pmod]:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        model = load_model_folder(folder, what="--mod/--pmod", dtype=dtype).to(device).eval()
         mod = model.config.mod_config()
         kind = {"gamma": "γ-MoD", "pmod": "p-MoD"}[mod.strategy] if mod is not None else "dense"
         name = f"{kind} ({Path(folder).name})"
