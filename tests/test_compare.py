@@ -81,8 +81,10 @@ def test_compare_command_table_json_plot_and_hand_flops(folders):
 
 def test_bad_pruner_setting_fails_before_loading(folders):
     root, _ = folders
-    with pytest.raises(ValueError, match="R .* must be in"):
-        main(["compare", "--base", str(root / "dense"), "--data", str(root / "data"), "--fastv", "K=2,R=2"])
+    # The CLI's error rule: one line, exit code 2, nothing loaded or written (tests/test_cli_errors.py).
+    assert main(["compare", "--base", str(root / "dense"), "--data", str(root / "data"), "--fastv", "K=2,R=2",
+                 "--out", str(root / "bad")]) == 2
+    assert not (root / "bad").exists()
 
 
 def test_pruner_view_shares_weights_and_leaves_the_model_alone(tiny_model):
