@@ -1,8 +1,8 @@
 """Experiment trackers: resolve `report_to` to HF Trainer integrations, log the resolved config to them.
 
 TensorBoard writes under `output_dir/runs/<date>_<host>/` (the HF default); wandb runs offline with
-`WANDB_MODE=offline` and, without an API key, is switched to offline here so it never waits on a
-login prompt; mlflow logs to `./mlruns` unless MLFLOW_TRACKING_URI says otherwise.
+`WANDB_MODE=offline` and, without an API key (environment or `wandb login`), is switched to offline
+here so it never waits on a login prompt; mlflow logs to `./mlruns` unless MLFLOW_TRACKING_URI says otherwise.
 """
 
 from __future__ import annotations
@@ -38,12 +38,24 @@ def resolve_report_to(trackers: list[str]) -> list[str]:
     if missing:
         raise ConfigError(f"report_to={','.join(trackers)}: {', '.join(missing)} is not installed "
                           f"(pip install {' '.join(PACKAGES[m] for m in missing)}, or report_to=none)")
-    if "wandb" in trackers and not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") is None:
+    if "wandb" in trackers and os.environ.get("WANDB_MODE") is None and not wandb_logged_in():
         # wandb.init() would otherwise ask for a login on a terminal and block the run.
         logger.warning("report_to includes wandb but WANDB_API_KEY is not set: logging offline (WANDB_MODE=offline); "
                        "`wandb sync` uploads the run later")
         os.environ["WANDB_MODE"] = "offline"
     return list(trackers)
+
+
+def wandb_logged_in() -> bool:
+    """An API key in the environment or from `wandb login` (~/.netrc): wandb.init() will not prompt."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(netrc, encoding="utf-8") as f:
+            return "api.wandb.ai" in f.read()
+    except OSError:
+        return False
 
 
 def flat_config(config) -> dict[str, str | int | float | bool]:
