@@ -232,3 +232,25 @@ def test_wandb_offline_run_holds_the_mod_metrics(data, spec, tmp_path, monkeypat
     summary = json.loads(summaries[0].read_text())
     for key in ("mod/skip/layer_01", "mod/routing_loss/total"):
         assert summary[f"train/{key}"] == pytest.approx(history(out)[-2][key], rel=1e-5)
+
+
+# -- plots -----------------------------------------------------------------------------------------
+def test_training_report_draws_what_was_logged(tmp_path):
+    from gamma_mod.eval.plots import series, write_training_report
+
+    mod = [{"step": s, "loss": 3.0 / s, "mod/skip/layer_02": 0.4 + 0.01 * s, "mod/skip/layer_10": 0.5,
+            "mod/routing_loss/total": 0.6} for s in (3, 1, 2)]
+    steps, values = series(mod, "mod/skip/layer_02")
+    assert steps == [1, 2, 3] and values == pytest.approx([0.41, 0.42, 0.43])  # step order
+    (tmp_path / "mod").mkdir()
+    write_training_report(tmp_path / "mod", mod)
+    report = (tmp_path / "mod" / "report.md").read_text()
+    assert "3 logged steps (last: 3)" in report
+    for name in ("loss.png", "routing_loss.png", "skip_fraction.png"):
+        assert (tmp_path / "mod" / name).stat().st_size > 1000 and f"]({name})" in report
+    assert "| `mod/skip/layer_10` | 0.5 |" in report
+    # A dense run: only the loss curve, no MoD section.
+    (tmp_path / "dense").mkdir()
+    write_training_report(tmp_path / "dense", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["loss.png", "report.md"]
+    assert "MoD metrics" not in (tmp_path / "dense" / "report.md").read_text()

@@ -85,7 +85,7 @@ def write_training_report(out: str | Path, log_history: list[dict]) -> Path:
     images = write_training_plots(out, log_history)
     steps = [h["step"] for h in log_history if "loss" in h and "step" in h]
     lines = [f"# Training run `{out.name}`", ""]
-    lines.append(f"{len(steps)} logged steps (last: {steps[-1]})." if steps else "No training step was logged.")
+    lines.append(f"{len(steps)} logged steps (last: {max(steps)})." if steps else "No training step was logged.")
     lines.append("")
     for image in images:
         lines += [f"![{image.stem}]({image.name})", ""]

@@ -94,7 +94,7 @@ class GammaTrainer(Trainer):
                 logs[name] = round(total / self._counts[name], 6)
         self._sums.clear()
         self._counts.clear()
-        if "loss" in logs:  # a training log (not the final train_runtime summary)
+        if "loss" in logs or "train_runtime" in logs:  # training logs and the final summary (the last window)
             logs.update(self.mod_metrics.flush())
         super().log(logs, *args, **kwargs)
 
