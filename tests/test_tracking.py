@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -130,7 +131,7 @@ def test_pmod_metrics_report_logit_spread_and_tanhnorm_range():
 
 
 # -- report_to -------------------------------------------------------------------------------------
-def test_report_to_values(monkeypatch):
+def test_report_to_values(monkeypatch, tmp_path):
     from gamma_mod.train import tracking
 
     installed = {"tensorboard": True, "wandb": False, "mlflow": False}
@@ -141,6 +142,16 @@ def test_report_to_values(monkeypatch):
         resolve_report_to(["tensorboard", "wandb"])
     installed["tensorboard"] = False
     assert resolve_report_to(["auto"]) == []
+    # wandb without a key or `wandb login` goes offline instead of prompting; a login keeps it online.
+    installed["wandb"] = True
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)  # absent now, and absent again after the test
+    assert resolve_report_to(["wandb"]) == ["wandb"] and os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    assert resolve_report_to(["wandb"]) == ["wandb"] and "WANDB_MODE" not in os.environ
 
 
 def test_report_to_is_validated(tmp_path):
@@ -221,17 +232,47 @@ def test_report_to_none_writes_no_tracker_files(data, spec, tmp_path, monkeypatc
     assert (out / "skip_fraction.png").is_file() and (out / "report.md").is_file()
 
 
+def wandb_history(run_file):
+    """The history rows of an offline .wandb file: a 7-byte header (":W&B", magic, version), then
+    LevelDB-log framing (32 KiB blocks; records: crc32, length u16, type 1 full / 2 first / 3 middle / 4 last)
+    around wandb's `Record` protobufs."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, pos, block, chunks, rows = run_file.read_bytes(), 7, 32768, b"", []
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        chunks += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record.FromString(chunks)
+            chunks = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
+
+
 def test_wandb_offline_run_holds_the_mod_metrics(data, spec, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb)")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     out = mod_run(data, spec, tmp_path / "wb", "wandb")
-    summaries = list((tmp_path / "wandb").glob("offline-run-*/files/wandb-summary.json"))
-    assert len(summaries) == 1
-    summary = json.loads(summaries[0].read_text())
-    for key in ("mod/skip/layer_01", "mod/routing_loss/total"):
-        assert summary[f"train/{key}"] == pytest.approx(history(out)[-2][key], rel=1e-5)
+    import wandb
+
+    wandb.finish()  # the HF callback leaves the run open until exit; finishing writes the summary
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    rows = [r for r in wandb_history(runs[0]) if "train/loss" in r]
+    logged = [h for h in history(out) if "loss" in h]
+    assert len(rows) == len(logged) == 3
+    for key in ("mod/skip/layer_01", "mod/skip_all/layer_01", "mod/routing_loss/total", "mod/score_std/layer_01"):
+        assert [r[f"train/{key}"] for r in rows] == pytest.approx([h[key] for h in logged], rel=1e-5), key
 
 
 # -- plots -----------------------------------------------------------------------------------------
