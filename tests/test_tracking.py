@@ -209,8 +209,8 @@ def test_tensorboard_events_hold_the_mod_metrics_and_the_config(data, spec, tmp_
     # One MoD layer at routing ratio 0.5: top-k skips half of each sample's routable tokens (rounding per sample).
     assert all(0.3 < h["mod/skip/layer_01"] <= 0.5 for h in logged)
     # Single layer: the total is that layer's loss, and it is what the model adds to lm_loss.
-    assert all(h["mod/routing_loss/total"] == h["mod/routing_loss/layer_01"] == pytest.approx(h["routing_loss"], rel=1e-5)
-               for h in logged)
+    for h in logged:
+        assert h["mod/routing_loss/total"] == h["mod/routing_loss/layer_01"] == pytest.approx(h["routing_loss"], rel=1e-5)
     # The resolved config as hyperparameters (TensorBoard's HPARAMS tab).
     start = plugin_data_pb2.HParamsPluginData.FromString(
         events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content).session_start_info

@@ -99,8 +99,8 @@ class ModMetrics(TrainerCallback):
             values["loss"] = loss.float()
         keep = stat_value(stats, "keep")
         if keep is not None:
-            real = ctx.attention_mask.bool() if getattr(ctx, "attention_mask", None) is not None else torch.ones_like(keep)
-            real = real.to(keep.device).bool()
+            mask = getattr(ctx, "attention_mask", None)
+            real = (mask if mask is not None else torch.ones_like(keep)).to(keep.device).bool()
             values["real"] = real.sum().float()
             values["skipped_all"] = (real & ~keep.bool()).sum().float()
         if logits is not None and getattr(ctx, "routable", None) is not None:
