@@ -174,11 +174,22 @@ def run(args: argparse.Namespace) -> int:
     table = format_report(rows, data.chance_accuracy)
     print(table)
     (out / f"report_{args.strategy}.md").write_text(table + "\n")
+    write_summary(out)
     (out / f"report_{args.strategy}.json").write_text(json.dumps(
         {"rows": [asdict(r) for r in rows], "chance_accuracy": data.chance_accuracy, "timings_s": timings}, indent=2))
     logger.info("pipeline done in %.0f s (%s); report in %s", sum(timings.values()),
                 ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()), out / f"report_{args.strategy}.md")
     return 0
+
+
+def write_summary(out: Path) -> None:
+    """report.md in the run folder: ARank plot, every strategy's table so far, the stages' training curves."""
+    from .eval.plots import write_pipeline_report
+
+    tables = {s: (out / f"report_{s}.md").read_text() for s in ("gamma", "pmod") if (out / f"report_{s}.md").is_file()}
+    stages = ["stage1", "stage2_sft", "stage2_gamma", "stage2_pmod", "stage2_dense"]
+    path = write_pipeline_report(out, tables, [s for s in stages if (out / s).is_dir()], arank_png="arank.png")
+    logger.info("summary with plots: %s", path)
 
 
 def format_report(rows: list[PipelineReport], chance: float) -> str:

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_import_loads_no_optional_package():
     code = ("import sys, gamma_mod; bad = [m for m in ('flash_attn', 'timm', 'open_clip', 'torchvision', "
-            "'matplotlib', 'deepspeed', 'peft') if m in sys.modules]; print(bad); assert not bad, bad")
+            "'matplotlib', 'deepspeed', 'peft', 'tensorboard', 'wandb') if m in sys.modules]; "
+            "print(bad); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
 

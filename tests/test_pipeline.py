@@ -32,6 +32,12 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert len(mod["mod_layers"]) == 1 and mod["mod_layers"][0] in (1, 2)
     assert 0 <= mod["accuracy"] <= 1
     assert (tmp_path / "run" / "arank.json").exists() and (tmp_path / "run" / "arank.png").exists()
+    # The run folder's summary embeds the ARank plot and the MoD stage's curves (issue 24).
+    summary = (tmp_path / "run" / "report.md").read_text()
+    assert "![ARank per layer](arank.png)" in summary and "| MoD (gamma) |" in summary
+    for name in ("loss.png", "routing_loss.png", "skip_fraction.png"):
+        assert (tmp_path / "run" / "stage2_gamma" / name).is_file() and f"(stage2_gamma/{name})" in summary
+    assert (tmp_path / "run" / "stage2_gamma" / "report.md").is_file()
     table = capsys.readouterr().out
     assert "| dense |" in table and "| MoD (gamma) |" in table and "| FastV K=2 R=0.5 |" in table
     # A second run finds every stage complete and only re-evaluates.

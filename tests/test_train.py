@@ -99,7 +99,7 @@ def test_stage2_mod_runs_and_learns(data, spec, tmp_path):
     values = losses(out)
     assert values[-1] < values[0]
     history = json.loads((out / "complete.json").read_text())["log_history"]
-    assert any("routing_loss" in h and "skip/layer1" in h for h in history)
+    assert any("routing_loss" in h and "mod/skip/layer_01" in h for h in history)
     assert json.loads((out / "config.json").read_text())["mod"]["mod_layers_idx"] == [1]
 
 

@@ -10,6 +10,8 @@ TRAINABLE_GROUPS = ("mm_projector", "llm", "clip", "convnext", "align_stages", "
 # What trains when a config names no `trainable` list: LLaVA-1.5's split.
 DEFAULT_TRAINABLE = {"pretrain": ["mm_projector"], "finetune": ["mm_projector", "llm"]}
 ASPECT_RATIOS = ("pad", "square")
+# Experiment trackers (HF Trainer integrations). auto: tensorboard when installed, else none.
+REPORT_TO = ("auto", "none", "tensorboard", "wandb", "mlflow", "all")
 
 
 @dataclass
@@ -162,8 +164,17 @@ class TrainConfig:
     resume: bool = False  # continue from the last complete checkpoint in output_dir
     overwrite: bool = False  # replace a finished run (or an unfinished one's checkpoints) in output_dir
     collapse_patience: int = 50  # warn when a MoD layer keeps all/none of its routable tokens this many steps
+    # Where the Trainer logs (loss, lr and the mod/* metrics): REPORT_TO, or several joined by commas
+    # ("tensorboard,wandb"). TensorBoard writes under output_dir/runs/; wandb honours WANDB_MODE=offline.
+    report_to: str = "auto"
+    run_name: str | None = None  # the run's name in wandb / mlflow (default: the output folder's name)
 
     def __post_init__(self) -> None:
+        trackers = self.trackers()
+        unknown = [t for t in trackers if t not in REPORT_TO]
+        if unknown or not trackers or (len(trackers) > 1 and set(trackers) & {"auto", "none", "all"}):
+            raise ValueError(f"report_to must be one of {REPORT_TO} or a comma-separated list of "
+                             f"tensorboard/wandb/mlflow, got {self.report_to!r}")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not self.data.train_json:
@@ -176,6 +187,10 @@ class TrainConfig:
             if self.lora.enable and set(self.trainable) - {"mm_projector", "llm"}:
                 raise ValueError("trainable: with lora.enable only mm_projector and the LLM's LoRA adapters train; "
                                  f"drop {sorted(set(self.trainable) - {'mm_projector', 'llm'})}")
+
+    def trackers(self) -> list[str]:
+        """`report_to` split into names ("tensorboard,wandb" -> ["tensorboard", "wandb"])."""
+        return [t.strip() for t in str(self.report_to).split(",") if t.strip()]
 
     def trainable_groups(self) -> list[str]:
         return list(self.trainable) if self.trainable is not None else list(DEFAULT_TRAINABLE[self.stage])

@@ -34,6 +34,7 @@ from .args import TrainConfig
 from . import checkpoint
 from .checkpoint import COMPLETE
 from .trainable import set_trainable
+from .tracking import ConfigLogger, resolve_report_to
 
 REAL_SIZE = 100_000_000  # decoder parameters from which a spec counts as a real (non-test) model
 
@@ -76,7 +77,8 @@ def training_arguments_kwargs(cfg: TrainConfig, cuda: bool | None = None) -> dic
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
         save_total_limit=cfg.save_total_limit,
         deepspeed=cfg.deepspeed,
-        report_to="none",
+        report_to=resolve_report_to(cfg.trackers()) or "none",
+        run_name=cfg.run_name or Path(cfg.output_dir).name,
         remove_unused_columns=False,
         dataloader_num_workers=o.dataloader_workers,
         disable_tqdm=False,
@@ -320,6 +322,7 @@ def run_training(cfg: TrainConfig) -> Path:
     trainer = GammaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                            collapse_patience=cfg.collapse_patience,
                            group_by_modality_length=cfg.optim.group_by_modality_length)
+    trainer.add_callback(ConfigLogger(cfg, trainer))
     resume = checkpoint.last_checkpoint(out) if cfg.resume else None
     resumed_from = checkpoint.read_run_loss(resume) if resume else None
     if cfg.resume:
@@ -345,9 +348,20 @@ def run_training(cfg: TrainConfig) -> Path:
             train_loss = (before_sum + result.training_loss * (step - before_step)) / max(step, 1)
         summary = {"global_step": step, "train_loss": train_loss, "log_history": trainer.state.log_history}
         checkpoint.clear_staging(out)
+        write_run_report(out, trainer.state.log_history)
         (out / COMPLETE).write_text(json.dumps(summary, indent=1))  # last: marks the run finished
         print(f"TRAINING COMPLETE step={step} loss={train_loss:.6f} out={out}", flush=True)
     return out
+
+
+def write_run_report(out: Path, log_history: list[dict]) -> None:
+    """Training curves (PNG) and report.md into the run folder; a plotting failure never fails the run."""
+    from ..eval.plots import write_training_report
+
+    try:
+        write_training_report(out, log_history)
+    except Exception as e:  # the model is trained and saved: say what is missing, do not lose the run
+        logger.warning("no training plots in %s: %s", out, e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from . import checkpoint
+from .metrics import ModMetrics
 from .sampler import ModalityLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ class TrainingDivergedError(RuntimeError):
 
 class GammaTrainer(Trainer):
     def __init__(self, *args, collapse_patience: int = 50, group_by_modality_length: bool = False, **kwargs) -> None:
+        self.mod_metrics = ModMetrics()  # per-layer MoD metrics, merged into every log (train/metrics.py)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.mod_metrics]
         super().__init__(*args, **kwargs)
         self.collapse_patience = collapse_patience
         self.group_by_modality_length = group_by_modality_length
@@ -63,6 +66,8 @@ class GammaTrainer(Trainer):
         if outputs.routing_loss is not None:
             self._accumulate("routing_loss", outputs.routing_loss)
         self._track_routing(model)
+        if self.model.training:
+            self.mod_metrics.end_step(outputs.logits.shape[0] * outputs.logits.shape[1])
         return (loss, outputs) if return_outputs else loss
 
     def _accumulate(self, name: str, value: torch.Tensor) -> None:
@@ -74,9 +79,6 @@ class GammaTrainer(Trainer):
         if not self.model.training or not stats:
             return
         for layer, (routable, skipped) in stats.items():
-            if routable:
-                self._sums[f"skip/layer{layer}"] += skipped / routable
-                self._counts[f"skip/layer{layer}"] += 1
             collapsed = routable > 0 and skipped in (0, routable)
             self._collapse_streak[layer] = self._collapse_streak[layer] + 1 if collapsed else 0
             if self._collapse_streak[layer] >= self.collapse_patience and layer not in self._collapse_warned:
@@ -92,6 +94,8 @@ class GammaTrainer(Trainer):
                 logs[name] = round(total / self._counts[name], 6)
         self._sums.clear()
         self._counts.clear()
+        if "loss" in logs or "train_runtime" in logs:  # training logs and the final summary (the last window)
+            logs.update(self.mod_metrics.flush())
         super().log(logs, *args, **kwargs)
 
     def run_loss_sum(self) -> float:
