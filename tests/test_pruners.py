@@ -435,3 +435,28 @@ def test_a_bad_saved_pruner_names_the_config_file(tiny_model, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**data, "prune": {"method": "fastv", "k": 9}}))
     with pytest.raises(PrunerConfigError, match=r"config\.json: FastV K=9 R=0.5: drops before layer 9, outside 1..3"):
         load_config(tmp_path)
+
+
+def test_training_forward_with_instruction_queries(tiny_model, monkeypatch):
+    """PDrop's training rule: with labels, the token before each answer span ranks; the loss keeps its
+    full length (image tokens carry no label) and gradients flow through the kept tokens."""
+    import gamma_mod.prune.session as session
+
+    seen = []
+
+    def recording(layer, hidden, cos, sin, queries, key_valid):
+        seen.append(queries.nonzero()[:, 1].tolist())
+        return layer_key_attention(layer, hidden, cos, sin, queries, key_valid)
+
+    monkeypatch.setattr(session, "layer_key_attention", recording)
+    model = pruned(tiny_model, "pdrop:layers=1,lambda=0.5,query=instruction").train()
+    ids, mask, pixels = multimodal_batch(batch=2, question_lengths=(6, 6), padding_side="right")
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]  # the last 3 tokens are the answer; the one before them ranks
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.logits.shape[:2] == ids.shape
+    assert model.model.last_prune_stats.kept_image[1].tolist() == [8, 8]
+    assert model.model.layers[3].mlp.down_proj.weight.grad.abs().sum() > 0
+    # The ranking query was the token before the answer (position -4), not the sequence's last token.
+    assert seen == [[ids.shape[1] - 4] * 2]
