@@ -141,3 +141,14 @@ def test_num_proc_builds_the_same_rows(tokenizer, folder, tmp_path_factory):
                 cache_dir=tmp_path_factory.mktemp("cache"))
     assert not two.cached
     assert_same(one, two)
+
+
+def test_sampler_takes_the_arrow_column(tokenizer, folder):
+    from gamma_mod.train.sampler import ModalityLengthGroupedSampler
+
+    path = write(folder, [GOOD, TEXT_ONLY, TWO_ROUNDS, with_(GOOD, id="g2"), with_(TEXT_ONLY, id="t2")] * 2)
+    dataset = arrow(tokenizer, folder, path, on_overlong="truncate")
+    column = dataset.modality_lengths
+    sampler = ModalityLengthGroupedSampler(column, batch_size=2, world_size=2, seed=3)
+    assert sampler.lengths is column  # held as the numpy view, not copied into a list
+    assert list(sampler) == list(ModalityLengthGroupedSampler(column.tolist(), batch_size=2, world_size=2, seed=3))
