@@ -13,8 +13,9 @@ word-level tokenizer over its vocabulary, then in fresh subprocesses:
                 also decodes and processes every image, which at 665K is hours on 2 cores)
 With --torchrun K, K ranks (torch.distributed.run) construct the dataset on a cold cache at once:
 one builds, the others wait on the cache lock and load; each reports its start time and RSS/USS.
-Memory-mapped Arrow pages are file-backed and shared: they count in RSS but not in USS, so USS is
-what each extra rank or worker really costs.
+Memory-mapped Arrow pages are file-backed and shared: they count in RSS but not in USS. A worker's
+USS is what it privately dirtied after the fork (its real cost); the main process's USS is read
+before any worker exists (after the fork its pages are shared with the workers and drop out of USS).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ WORDS = [f"w{i}" for i in range(3000)] + ["what", "is", "in", "the", "image", "?
 def make_data(folder: Path, n: int, seed: int = 0) -> Path:
     from PIL import Image
 
+    path = folder / "data.json"
+    if path.exists() and (folder / "tokenizer").exists():
+        return path  # written by an earlier run with this N
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(16):
         Image.new("RGB", (336, 336), (k * 15, 100, 200 - k * 10)).save(folder / f"img{k}.jpg", quality=90)
@@ -59,7 +63,7 @@ def make_data(folder: Path, n: int, seed: int = 0) -> Path:
             conv[0]["value"] = "<image>\n" + conv[0]["value"]
         records.append(record)
     path = folder / "data.json"
-    path.write_text(json.dumps(records))
+    path.write_text(json.dumps(records))  # the same seed and N always give the same file (and cache key)
     tokenizer_dir = folder / "tokenizer"
     if not tokenizer_dir.exists():
         from gamma_mod.data.tokenizer import build_tokenizer
@@ -184,11 +188,12 @@ def main() -> None:
         row["epoch_s"] = round(cached["epoch_seconds"], 1)
         row["workers_rss_mb"] = [round(w["rss_mb"]) for w in cached["workers"]]
         row["workers_uss_mb"] = [round(w["uss_mb"]) for w in cached["workers"]]
-        row["main_uss_after_epoch_mb"] = round(cached["main_after_epoch_uss_mb"])
+        row["main_rss_after_epoch_mb"] = round(cached["main_after_epoch_rss_mb"])
     if args.torchrun:
         ranks = run_torchrun(folder, args.torchrun, args.num_proc)
         row["torchrun"] = [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()
-                            if k in ("rank", "seconds", "cached", "rss_mb", "uss_mb")} for r in ranks]
+                            if k in ("rank", "seconds", "cached", "rss_mb")} | {"rss_growth_mb": round(r["rss_mb"] - r["rss_before_mb"])}
+                           for r in ranks]
     print(json.dumps(row))
 
 
