@@ -152,3 +152,11 @@ def test_sampler_takes_the_arrow_column(tokenizer, folder):
     sampler = ModalityLengthGroupedSampler(column, batch_size=2, world_size=2, seed=3)
     assert sampler.lengths is column  # held as the numpy view, not copied into a list
     assert list(sampler) == list(ModalityLengthGroupedSampler(column.tolist(), batch_size=2, world_size=2, seed=3))
+
+
+def test_unwritable_cache_folder_is_a_clear_error(tokenizer, folder):
+    path = write(folder, [GOOD])
+    blocker = folder / "file"
+    blocker.write_text("")
+    with pytest.raises(DataError, match=rf"{path}: cannot create the dataset cache {blocker / 'sub'} .*data.cache_dir"):
+        arrow(tokenizer, folder, path, cache_dir=blocker / "sub")

@@ -181,6 +181,8 @@ class ArrowSupervisedDataset(Dataset):
         root = Path(cache_dir) if cache_dir else self.json_path.parent / CACHE_DIR_NAME
         try:
             root.mkdir(parents=True, exist_ok=True)
+            if not os.access(root, os.W_OK):
+                raise PermissionError("not writable")
         except OSError as e:
             raise DataError(f"cannot create the dataset cache {root} ({e}); set data.cache_dir to a writable folder",
                             "cache", source=self.json_path) from None
