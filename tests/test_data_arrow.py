@@ -160,3 +160,14 @@ def test_unwritable_cache_folder_is_a_clear_error(tokenizer, folder):
     blocker.write_text("")
     with pytest.raises(DataError, match=rf"{path}: cannot create the dataset cache {blocker / 'sub'} .*data.cache_dir"):
         arrow(tokenizer, folder, path, cache_dir=blocker / "sub")
+
+
+def test_concurrent_starts_build_once(tokenizer, folder):
+    """Ranks starting together: the cache lock lets one build; the other waits and loads it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write(folder, RECORDS)
+    with ThreadPoolExecutor(2) as pool:
+        starts = list(pool.map(lambda _: arrow(tokenizer, folder, path, on_bad_record="skip"), range(2)))
+    assert sorted(d.cached for d in starts) == [False, True]
+    assert_same(*starts)
