@@ -18,7 +18,8 @@ from gamma_mod.data.tokenizer import build_tokenizer
 
 WORDS = "what is in the image ? two cats . where on a sofa".split()
 # Two rounds: longer than max_length_for() allows, so "truncate" cuts it.
-TWO_ROUNDS = with_(TEXT_ONLY, id="two", conversations=turns("Where?", "On a sofa.", "What is in the image?", "Two cats."))
+TWO_ROUNDS = with_(TEXT_ONLY, id="two",
+                   conversations=turns("Where?", "On a sofa.", "What is in the image?", "Two cats."))
 RECORDS = [GOOD, *BAD.values(), TEXT_ONLY, with_(GOOD, id="good2"), TWO_ROUNDS]
 
 

@@ -87,7 +87,8 @@ def _image_stat(path: Path) -> list[int] | None:
 
 
 def _process(batch: dict[str, list], indices: list[int], *, json_path: str, image_folder: str | None, tokenizer,
-             template: ConversationTemplate, num_image_tokens: int, max_length: int, on_overlong: str) -> dict[str, list]:
+             template: ConversationTemplate, num_image_tokens: int, max_length: int,
+             on_overlong: str) -> dict[str, list]:
     """One map() batch: every record -> one row; a bad record's row holds its located error."""
     out: dict[str, list] = {name: [] for name in FEATURES}
     checked: dict[tuple, DataError | None] = {}  # (path, size, mtime) -> result: shared images are verified once
@@ -133,15 +134,16 @@ def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: i
         images = sorted({r["image"] for r in records if isinstance(r, dict) and isinstance(r.get("image"), str)} - {""})
         raw = datasets.Dataset.from_dict({"record": [json.dumps(r) for r in records]})
         del records
-        rows = raw.map(_process, with_indices=True, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
-                       remove_columns=["record"], features=FEATURES, fn_kwargs=fn_kwargs,
-                       cache_file_name=str(scratch / "rows.arrow"), new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
-        reasons = rows.data.column("error_reason")
-        bad_mask = pc.not_equal(reasons, "")
-        bad = rows.filter(lambda r: r != "", input_columns="error_reason",
-                          cache_file_name=str(scratch / "bad.arrow"), new_fingerprint=f"{target.name}-bad") if pc.any(bad_mask).as_py() else None
+        # Explicit cache files and fingerprints: our key decides reuse, datasets need not hash the tokenizer.
+        rows = raw.map(_process, with_indices=True, batched=True, batch_size=256,
+                       num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
+                       fn_kwargs=fn_kwargs, cache_file_name=str(scratch / "rows.arrow"),
+                       new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
+        any_bad = pc.any(pc.not_equal(rows.data.column("error_reason"), "")).as_py()
+        bad = rows.filter(lambda r: r != "", input_columns="error_reason", cache_file_name=str(scratch / "bad.arrow"),
+                          new_fingerprint=f"{target.name}-bad") if any_bad else None
         good = rows.filter(lambda r: r == "", input_columns="error_reason", cache_file_name=str(scratch / "good.arrow"),
-                            new_fingerprint=f"{target.name}-good")
+                           new_fingerprint=f"{target.name}-good")
         good = good.remove_columns(["error_reason", "error_message"])
         report = {
             "records": len(rows),
