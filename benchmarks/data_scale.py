@@ -182,7 +182,8 @@ def main() -> None:
     assert not first["cached"] and cached["cached"]
     row = {"records": args.records, "rows": cached["rows"], "num_proc": args.num_proc,
            "first_start_s": round(first["seconds"], 1), "cached_start_s": round(cached["seconds"], 2),
-           "main_rss_mb": round(cached["rss_mb"]), "main_uss_growth_mb": round(cached["uss_mb"] - cached["uss_before_mb"]),
+           "main_rss_mb": round(cached["rss_mb"]),
+           "main_uss_growth_mb": round(cached["uss_mb"] - cached["uss_before_mb"]),
            "main_rss_growth_mb": round(cached["rss_mb"] - cached["rss_before_mb"])}
     if "workers" in cached:
         row["epoch_s"] = round(cached["epoch_seconds"], 1)
@@ -191,8 +192,8 @@ def main() -> None:
         row["main_rss_after_epoch_mb"] = round(cached["main_after_epoch_rss_mb"])
     if args.torchrun:
         ranks = run_torchrun(folder, args.torchrun, args.num_proc)
-        row["torchrun"] = [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()
-                            if k in ("rank", "seconds", "cached", "rss_mb")} | {"rss_growth_mb": round(r["rss_mb"] - r["rss_before_mb"])}
+        row["torchrun"] = [{"rank": r["rank"], "seconds": round(r["seconds"], 1), "cached": r["cached"],
+                            "rss_mb": round(r["rss_mb"]), "rss_growth_mb": round(r["rss_mb"] - r["rss_before_mb"])}
                            for r in ranks]
     print(json.dumps(row))
 
