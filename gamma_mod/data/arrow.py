@@ -86,12 +86,16 @@ def _image_stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+# (path, size, mtime_ns) -> None or the DataError: an image shared by many records is verified once per process.
+_CHECKED_IMAGES: dict[tuple, DataError | None] = {}
+
+
 def _process(batch: dict[str, list], indices: list[int], *, json_path: str, image_folder: str | None, tokenizer,
              template: ConversationTemplate, num_image_tokens: int, max_length: int,
              on_overlong: str) -> dict[str, list]:
     """One map() batch: every record -> one row; a bad record's row holds its located error."""
     out: dict[str, list] = {name: [] for name in FEATURES}
-    checked: dict[tuple, DataError | None] = {}  # (path, size, mtime) -> result: shared images are verified once
+    checked = _CHECKED_IMAGES
     folder = Path(image_folder) if image_folder else None
     for text, index in zip(batch["record"], indices):
         record = json.loads(text)
