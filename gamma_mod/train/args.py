@@ -69,8 +69,12 @@ class DataArgs:
     max_length: int = 2048
     on_bad_record: str = "error"  # error | skip (skipped records are counted in the log)
     on_overlong: str = "error"  # error | truncate (LLaVA's behaviour: cut to max_length, counted in the log)
+    num_proc: int = 1  # processes tokenizing the records into the Arrow cache (first start only)
+    cache_dir: str | None = None  # the Arrow cache's folder; None: .gamma_mod_cache/ next to train_json
 
     def __post_init__(self) -> None:
+        if self.num_proc < 1:
+            raise ValueError(f"data.num_proc must be >= 1, got {self.num_proc}")
         if self.on_bad_record not in ("error", "skip"):
             raise ValueError("data.on_bad_record must be 'error' or 'skip'")
         if self.on_overlong not in ("error", "truncate"):

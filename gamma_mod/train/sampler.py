@@ -98,7 +98,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     def __init__(self, lengths: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0) -> None:
         if batch_size < 1 or world_size < 1:
             raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size}, {world_size}")
-        self.lengths = list(lengths)
+        self.lengths = lengths  # an Arrow column's numpy view stays one (no per-sample Python ints)
         self.batch_size = batch_size
         self.world_size = world_size
         self.seed = seed
