@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ModConfig
 from .router import PModRouter, TokenRouter
-from .routing import ranked_keep_mask, routable_token_mask, topk_keep_mask, truncated_keep_count
+from .routing import ranked_keep_mask, routable_token_mask, topk_keep_mask, topk_skip_counts, truncated_keep_count
 
 
 class RoutingStrategy:
@@ -47,9 +47,18 @@ class RoutingStrategy:
         """(B, T) tokens kept by top-k routing (training and top-k prefill); attention_mask (B, T): 1 = real token."""
         return topk_keep_mask(self.selection_score(logits), routable, skip_ratio)
 
+    def topk_kept_counts(self, n_routable: list[int], seq: int, skip_ratio: float) -> list[int] | None:
+        """Tokens `topk_keep` keeps per row, from the routable counts alone (no device sync), or None
+        when the count depends on the scores."""
+        return [seq - n for n in topk_skip_counts(n_routable, skip_ratio)]
+
     def kept_mlp_weight(self, logits: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
         """(B, K) weight on the MLP output of kept tokens, or None for no scaling."""
         raise NotImplementedError
+
+    def weights_need_router(self, any_routable: bool) -> bool:
+        """Whether `kept_mlp_weight` can differ from 1 when every token is kept (else the router is not run)."""
+        return True
 
     def skipped_scale(self, logits: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
         """(B, T) factor applied to skipped tokens, or None when they pass unchanged."""
@@ -76,6 +85,9 @@ class GammaStrategy(RoutingStrategy):
             # Value exactly 1 (the layer computes what the dense layer would), gradient of p.
             return p / p.detach()
         return None
+
+    def weights_need_router(self, any_routable):
+        return self.mod.router_weighting != "none"
 
 
 class PModStrategy(RoutingStrategy):
@@ -141,9 +153,15 @@ class PModStrategy(RoutingStrategy):
         n_keep = self.keep_count(routable.sum(dim=1), skip_ratio)
         return ranked_keep_mask(self.ranking_score(logits, routable, attention_mask), routable, n_keep)
 
+    def topk_kept_counts(self, n_routable, seq, skip_ratio):
+        return None  # non-targets compete for the top-k slots: the count depends on the scores
+
     def kept_mlp_weight(self, logits, routable):
         w = self.tanh_norm(logits)
         return torch.where(routable, w, torch.ones_like(w))
+
+    def weights_need_router(self, any_routable):
+        return any_routable  # non-targets get weight 1
 
     def skipped_scale(self, logits, routable):
         w = self.tanh_norm(logits)
