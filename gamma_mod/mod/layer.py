@@ -45,8 +45,6 @@ from .config import ModConfig
 from .routing import (
     TokenSelection,
     all_tokens_selection,
-    gather_tokens,
-    scatter_tokens,
     selection_from_keep_mask,
     threshold_keep_mask,
 )
@@ -150,6 +148,12 @@ class ModForwardContext:
             self._host["has_padding"] = mask is not None and not bool(mask.bool().all())
         return self._host["has_padding"]
 
+    def all_tokens_selection(self, batch: int, seq: int, device) -> TokenSelection:
+        """The every-token selection, one per forward for all MoD layers that keep every token."""
+        if "all_tokens" not in self._host:
+            self._host["all_tokens"] = all_tokens_selection(batch, seq, device)
+        return self._host["all_tokens"]
+
     def routable_flat_index(self) -> torch.Tensor:
         """Positions of the routable tokens in the flattened (B*T) batch, row-major (as `x[routable]` takes them)."""
         if "routable_flat_index" not in self._host:
@@ -178,19 +182,20 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         return self.mod.keeps_all_tokens or (not ctx.any_routable() and not self.decode_rule_applies(ctx))
 
     def select_tokens(self, logits: torch.Tensor, ctx: ModForwardContext) -> TokenSelection:
-        score = self.strategy.selection_score(logits)
         routable = ctx.routable
         ratio = self.mod.skip_ratio(self.layer_idx)
         counts = None
         if self.mod.prefill == "threshold" and not self.training:
-            keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)
+            keep = threshold_keep_mask(self.strategy.selection_score(logits), routable, self.mod.prefill_threshold)
         else:
             keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask)
             counts = self.strategy.topk_kept_counts(ctx.routable_counts(), routable.shape[1], ratio)
         if self.decode_rule_applies(ctx):
             # Official decode rule: a generated token skips the layer when its score is below 0.5.
-            keep = keep & ~(ctx.decode & (score < self.mod.decode_threshold))
+            keep = keep & ~(ctx.decode & (self.strategy.selection_score(logits) < self.mod.decode_threshold))
             counts = None
+        if self.mod.keeps_all_tokens:
+            keep, counts = torch.ones_like(keep), [keep.shape[1]] * keep.shape[0]
         return selection_from_keep_mask(keep, counts)
 
     def select_tokens_official(self, logits: torch.Tensor, ctx: ModForwardContext) -> tuple[TokenSelection, torch.Tensor]:
@@ -332,7 +337,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             # gamma (B, T, 2) fp32; pmod (B, T)
             logits = self.router(self.strategy.router_input(hidden_states, normed)) if needs_router else None
             if every:
-                selection = all_tokens_selection(batch, seq, hidden_states.device)
+                selection = ctx.all_tokens_selection(batch, seq, hidden_states.device)
             else:
                 selection = self.select_tokens(logits, ctx)
             loss = self.routing_loss(logits, selection.keep, ctx.routable_flat_index()) if with_loss else None
@@ -342,7 +347,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
                 skipped = (routable & ~selection.keep).sum()  # decode tokens may skip without being routable
             else:
                 skipped = sum(seq - c for c in selection.counts)  # only routable tokens are ever skipped
-            stats = LayerRoutingStats(n_routable, skipped, loss, selection.keep.detach())
+            stats = LayerRoutingStats(n_routable, skipped, loss, selection.keep)  # a bool mask: no graph
         ctx.stats[self.layer_idx] = stats
 
         idx = selection.index
@@ -366,10 +371,10 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             mlp_out = mlp_out * weight.unsqueeze(-1).to(mlp_out.dtype)
         h = h + mlp_out
         if idx is None:
-            return h.to(hidden_states.dtype)
+            return h if h.dtype == hidden_states.dtype else h.to(hidden_states.dtype)
 
         base = hidden_states
         skipped_scale = self.strategy.skipped_scale(logits, routable)
         if skipped_scale is not None:
             base = base * torch.where(selection.keep, torch.ones_like(skipped_scale), skipped_scale).unsqueeze(-1).to(base.dtype)
-        return scatter_tokens(base, idx, h.to(base.dtype), selection.valid)
+        return selection.put(base, h.to(base.dtype))

@@ -6,7 +6,7 @@ Everything here is pure tensor code with no model state, so it is tested on hand
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,14 +47,30 @@ class TokenSelection:
     valid: torch.Tensor | None
     keep: torch.Tensor
     counts: list[int]
+    _flat: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
-    @property
-    def keeps_all(self) -> bool:
-        return self.index is None
+    def flat_index(self) -> torch.Tensor:
+        """`index` into the flattened (B*T) batch, computed once and shared by every gather and the scatter."""
+        if self._flat is None:
+            self._flat = flat_token_index(self.index, self.keep.shape[1])
+        return self._flat
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B or 1, T, ...) -> (B, K, ...) at the selected tokens (x itself when every token is kept)."""
-        return x if self.index is None else gather_tokens(x, self.index)
+        """x: (B, T, ...) or (1, T, ...) shared by every row -> (B, K, ...) at the selected tokens
+        (x itself when every token is kept)."""
+        if self.index is None:
+            return x
+        if x.shape[0] == 1 and self.index.shape[0] > 1:
+            return gather_tokens(x, self.index)
+        return gather_flat(x, self.flat_index(), self.index.shape)
+
+    def put(self, base: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A copy of `base` (B, T, C) with the selected tokens replaced by `values` (B, K, C)."""
+        if self.index is None:
+            return values
+        if self.valid is not None:
+            values = torch.where(self.valid.unsqueeze(-1), values, self.take(base))
+        return scatter_flat(base, self.flat_index(), values)
 
 
 def topk_keep_mask(scores: torch.Tensor, routable: torch.Tensor, skip_ratio: float) -> torch.Tensor:
@@ -145,20 +161,31 @@ def selection_from_keep_mask(keep: torch.Tensor, counts: list[int] | None = None
     return TokenSelection(index=index, valid=valid, keep=keep, counts=counts)
 
 
-def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, ...) or (1, T, ...) shared by every row -> (B, K, ...) at `index` (B, K).
+def flat_token_index(index: torch.Tensor, seq: int) -> torch.Tensor:
+    """(B, K) positions -> (B*K,) positions into the flattened (B*T) batch."""
+    return (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * seq).reshape(-1)
 
-    Whole token rows are copied with `index_select` on the flattened (B*T, ...) view: a row copy per
-    token instead of `gather`'s per-element indexing (several times faster on CPU, same values).
+
+def gather_flat(x: torch.Tensor, flat: torch.Tensor, shape: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """x (B, T, ...) at flat batch positions (B*K,) -> (B, K, ...).
+
+    Whole token rows are copied with `index_select`: a row copy per token instead of `gather`'s
+    per-element indexing (several times faster on CPU, the same values).
     """
-    batch, width = index.shape
+    return x.reshape(-1, *x.shape[2:]).index_select(0, flat).view(*shape, *x.shape[2:])
+
+
+def scatter_flat(base: torch.Tensor, flat: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A copy of `base` (B, T, ...) with rows at flat batch positions (B*K,) set to `values` (B, K, ...)."""
+    out = base.reshape(-1, *base.shape[2:]).index_copy(0, flat, values.reshape(-1, *values.shape[2:]))
+    return out.view(base.shape)
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, ...) or (1, T, ...) shared by every row -> (B, K, ...) at `index` (B, K)."""
     if x.shape[0] == 1:
-        flat, source = index.reshape(-1), x[0]
-    else:
-        seq = x.shape[1]
-        flat = (index + torch.arange(batch, device=index.device).unsqueeze(1) * seq).reshape(-1)
-        source = x.reshape(batch * seq, *x.shape[2:])
-    return source.index_select(0, flat).view(batch, width, *x.shape[2:])
+        return x[0].index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[2:])
+    return gather_flat(x, flat_token_index(index, x.shape[1]), index.shape)
 
 
 def scatter_tokens(
@@ -168,9 +195,6 @@ def scatter_tokens(
 
     With valid None (no filler) the values are copied straight in, without reading `base` at the slots.
     """
-    batch, seq = base.shape[:2]
     if valid is not None:
         values = torch.where(valid.unsqueeze(-1), values, gather_tokens(base, index))
-    flat = (index + torch.arange(batch, device=index.device).unsqueeze(1) * seq).reshape(-1)
-    out = base.reshape(batch * seq, *base.shape[2:]).index_copy(0, flat, values.reshape(-1, *values.shape[2:]))
-    return out.view(base.shape)
+    return scatter_flat(base, flat_token_index(index, base.shape[1]), values)
