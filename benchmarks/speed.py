@@ -7,17 +7,24 @@ The MoD model is the dense model converted in place (same weights) with the pape
 layer MoD except the first three and the last (28 of 32 on 7B; first and last on shallow models), routing ratio 0.5 by default.
 Random weights: the router's choices are arbitrary but the amount of work skipped is what a trained
 model at that ratio skips, which is what timing depends on.
+
+After the `gamma-mod speed` table (each model measured on its own), the script times dense and MoD
+alternately in each repeat (prefill; decode steps over the KV cache, timed directly), so a change of
+machine load hits both alike: those are the ratios to read on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import statistics
+import time
 
 import torch
 
 from gamma_mod.eval.flops import tflops_from_config
-from gamma_mod.eval.speed import format_table, random_inputs, speed_report
+from gamma_mod.eval.speed import alternating_prefill_times, format_table, random_inputs, speed_report
 from gamma_mod.model import LlavaLlamaConfig, LlavaLlamaForCausalLM
 from gamma_mod.mod.convert import convert_to_mod
 
@@ -53,6 +60,37 @@ def build_pair(shape: str, ratio: float, device, dtype):
     return dense, mod
 
 
+@torch.no_grad()
+def alternating_decode(models: dict, inputs, new_tokens: int, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Decode tokens/s per model, timed directly: per repeat each model in turn prefills (untimed), then
+    `new_tokens` greedy steps over its KV cache are timed, as generate() runs them. Timing the steps
+    themselves (not generate(N) - generate(1)) keeps prefill noise out; alternating keeps load drift fair."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(warmup + repeats):
+        for name, model in models.items():
+            device = next(model.parameters()).device
+            ids, mask = inputs.input_ids.to(device), inputs.attention_mask.to(device)
+            extra = {"mod_decode_start": ids.shape[1]} if model.model.mod_layer_indices else {}
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=inputs.pixel_values.to(device, model.dtype),
+                        use_cache=True, logits_to_keep=1, **extra)
+            token = out.logits[:, -1:].argmax(-1)
+            ones = torch.ones(ids.shape[0], 1, dtype=mask.dtype, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                mask = torch.cat([mask, ones], dim=1)
+                out = model(input_ids=token, attention_mask=mask, cache=out.cache, use_cache=True, logits_to_keep=1,
+                            **extra)
+                token = out.logits[:, -1:].argmax(-1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    batch = inputs.input_ids.shape[0]
+    return {name: batch * new_tokens / statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
@@ -60,6 +98,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prefill-repeats", type=int, default=9,
+                        help="repeats of the alternating prefill and decode timings")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
@@ -80,6 +120,16 @@ def main() -> None:
     print(f"LLM-decoder FLOP ratio MoD/dense (measured skips): {ideal:.3f}; measured prefill time ratio: "
           f"{rows[0].prefill_samples_per_s / rows[1].prefill_samples_per_s:.3f}; "
           f"nominal TFLOPs dense {tflops_from_config(dense.config, seq, 0.0):.3g}")
+    models = {"dense": dense, f"MoD {args.ratio}": mod}
+    prefill = alternating_prefill_times(models, {name: inputs for name in models}, repeats=args.prefill_repeats)
+    decode = alternating_decode(models, inputs, args.max_new_tokens, repeats=args.prefill_repeats)
+    t_dense, t_mod = prefill["dense"], prefill[f"MoD {args.ratio}"]
+    print(f"Alternating, median of {args.prefill_repeats}: prefill dense {1e3 * t_dense:.1f} ms, MoD {1e3 * t_mod:.1f} ms, "
+          f"time ratio {t_mod / t_dense:.3f} (FLOP ratio {ideal:.3f}, measured / FLOP {t_mod / t_dense / ideal:.2f}); "
+          f"decode ({args.max_new_tokens} steps over the cache) dense {decode['dense']:.1f} tok/s, "
+          f"MoD {decode[f'MoD {args.ratio}']:.1f} tok/s (MoD/dense {decode[f'MoD {args.ratio}'] / decode['dense']:.3f})")
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
