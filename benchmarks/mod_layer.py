@@ -127,7 +127,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. every core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     print(f"# MoD layer vs dense layer, {describe_machine(device)}, {args.dtype}, torch {torch.__version__}")
     print("| shape | seq | skip ratio | FLOP-ideal MoD/dense | measured fwd | measured fwd+bwd | fwd / ideal | fwd+bwd / ideal | dense fwd ms | dense fwd+bwd ms |")

@@ -56,7 +56,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=18)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="also write the tables to this markdown file")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. every core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shape = SHAPES[args.config]
     dense, routed, rotary = build_layers(shape, args.ratio, device, torch.float32)

@@ -102,7 +102,10 @@ def main() -> None:
                         help="repeats of the alternating prefill and decode timings")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. every core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     dense, mod = build_pair(args.shape, args.ratio, device, dtype)
     spec = SHAPES[args.shape]
