@@ -241,6 +241,38 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             flat_logits, target = flat_logits.index_select(0, scope), target.index_select(0, scope)
         return nn.functional.cross_entropy(flat_logits, target.long())
 
+    def route(
+        self, hidden_states: torch.Tensor, normed: torch.Tensor, ctx: ModForwardContext
+    ) -> tuple[torch.Tensor | None, TokenSelection]:
+        """Router logits (None where nothing uses them) and the token selection; records this layer's stats."""
+        batch, seq = hidden_states.shape[:2]
+        with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
+        if self.mod.official:
+            logits = self.router(self.strategy.router_input(hidden_states, normed))  # (B, T, 2) fp32
+            selection, competing = self.select_tokens_official(logits, ctx)
+            # Official routing loss: every one of the B x T tokens, question and padding included.
+            loss = self.routing_loss(logits, selection.keep, None) if with_loss else None
+            ctx.stats[self.layer_idx] = LayerRoutingStats(competing.sum(), (competing & ~selection.keep).sum(), loss,
+                                                          selection.keep.detach())
+            return logits, selection
+        n_routable = sum(ctx.routable_counts())
+        with_loss = with_loss and n_routable > 0
+        every = self.keeps_every_token(ctx)
+        # With every token kept, the router runs only where its output is used: the weights or the loss.
+        logits = None
+        if not every or with_loss or self.strategy.weights_need_router(n_routable > 0):
+            logits = self.router(self.strategy.router_input(hidden_states, normed))  # gamma (B, T, 2) fp32; pmod (B, T)
+        selection = ctx.all_tokens_selection(batch, seq, hidden_states.device) if every else self.select_tokens(logits, ctx)
+        loss = self.routing_loss(logits, selection.keep, ctx.routable_flat_index()) if with_loss else None
+        if selection.index is None:
+            skipped: int | torch.Tensor = 0
+        elif self.decode_rule_applies(ctx):
+            skipped = (ctx.routable & ~selection.keep).sum()  # decode tokens may skip without being routable
+        else:
+            skipped = sum(seq - c for c in selection.counts)  # only routable tokens are ever skipped
+        ctx.stats[self.layer_idx] = LayerRoutingStats(n_routable, skipped, loss, selection.keep)  # bool: no graph
+        return logits, selection
+
     # -- attention over the kept tokens ------------------------------------------------------
     def attention_mask_for_selection(
         self, selection: TokenSelection, ctx: ModForwardContext, cache, width: int, dtype
@@ -318,39 +350,10 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         if cache is None:
             cache = kwargs.get("past_key_values")
         ctx = mod_context
-        batch, seq = hidden_states.shape[:2]
         normed = self.input_layernorm(hidden_states)
+        logits, selection = self.route(hidden_states, normed, ctx)
         routable = ctx.routable
-        with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
-        if self.mod.official:
-            logits = self.router(self.strategy.router_input(hidden_states, normed))  # (B, T, 2) fp32
-            selection, competing = self.select_tokens_official(logits, ctx)
-            # Official routing loss: every one of the B x T tokens, question and padding included.
-            loss = self.routing_loss(logits, selection.keep, None) if with_loss else None
-            stats = LayerRoutingStats(competing.sum(), (competing & ~selection.keep).sum(), loss, selection.keep.detach())
-        else:
-            n_routable = sum(ctx.routable_counts())
-            with_loss = with_loss and n_routable > 0
-            every = self.keeps_every_token(ctx)
-            # With every token kept, the router runs only where its output is used: the weights or the loss.
-            needs_router = not every or with_loss or self.strategy.weights_need_router(n_routable > 0)
-            # gamma (B, T, 2) fp32; pmod (B, T)
-            logits = self.router(self.strategy.router_input(hidden_states, normed)) if needs_router else None
-            if every:
-                selection = ctx.all_tokens_selection(batch, seq, hidden_states.device)
-            else:
-                selection = self.select_tokens(logits, ctx)
-            loss = self.routing_loss(logits, selection.keep, ctx.routable_flat_index()) if with_loss else None
-            if selection.index is None:
-                skipped: int | torch.Tensor = 0
-            elif self.decode_rule_applies(ctx):
-                skipped = (routable & ~selection.keep).sum()  # decode tokens may skip without being routable
-            else:
-                skipped = sum(seq - c for c in selection.counts)  # only routable tokens are ever skipped
-            stats = LayerRoutingStats(n_routable, skipped, loss, selection.keep)  # a bool mask: no graph
-        ctx.stats[self.layer_idx] = stats
-
-        idx = selection.index
+        idx = selection.index  # None: every token goes through, the layer runs on the sequence itself
         if idx is not None and idx.shape[1] == 0:
             # Every token of this step skips the layer (threshold decode): nothing to attend, nothing cached.
             scale = self.strategy.skipped_scale(logits, routable)
