@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
+from clock import add_clock_arguments, apply_clock_arguments, clock_note, describe_machine
 from gamma_mod.model.configuration import LlavaLlamaConfig
 from gamma_mod.mod.config import ModConfig
 from gamma_mod.mod.layer import MoDDecoderLayer, ModForwardContext
@@ -46,7 +47,7 @@ def layer_flops(tokens: int, d: int, d_ff: int, router: bool = False) -> float:
     return 8 * tokens * d * d + 4 * tokens * tokens * d + 6 * tokens * d * d_ff + (4 * tokens * d if router else 0)
 
 
-def paired_median(fn_a, fn_b, repeats: int, warmup: int = 2) -> tuple[float, float]:
+def paired_median(fn_a, fn_b, repeats: int, warmup: int = 2, clock=time.perf_counter) -> tuple[float, float]:
     """Median times of two functions measured ALTERNATELY, so drifting machine load hits both alike."""
     for _ in range(warmup):
         fn_a()
@@ -56,11 +57,11 @@ def paired_median(fn_a, fn_b, repeats: int, warmup: int = 2) -> tuple[float, flo
         for fn, times in ((fn_a, times_a), (fn_b, times_b)):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return statistics.median(times_a), statistics.median(times_b)
 
 
@@ -78,7 +79,8 @@ def build_layers(shape: Shape, ratio: float, device, dtype, attn_implementation:
     return dense.to(device, dtype), routed.to(device, dtype), rotary.to(device)
 
 
-def measure(shape: Shape, ratio: float, repeats: int, device, dtype, backward: bool = True) -> dict:
+def measure(shape: Shape, ratio: float, repeats: int, device, dtype, backward: bool = True,
+            clock=time.perf_counter) -> dict:
     """One MoD layer vs its dense twin at one skip ratio: times and ratios (fwd+bwd only if `backward`)."""
     x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device, dtype=dtype)
     positions = torch.arange(shape.seq, device=device).unsqueeze(0)
@@ -98,10 +100,10 @@ def measure(shape: Shape, ratio: float, repeats: int, device, dtype, backward: b
         return step
 
     with torch.no_grad():
-        t_dense_f, t_mod_f = paired_median(dense_fwd, mod_fwd, repeats)
+        t_dense_f, t_mod_f = paired_median(dense_fwd, mod_fwd, repeats, clock=clock)
     t_dense_fb = t_mod_fb = float("nan")
     if backward:
-        t_dense_fb, t_mod_fb = paired_median(with_backward(dense_fwd), with_backward(mod_fwd), repeats)
+        t_dense_fb, t_mod_fb = paired_median(with_backward(dense_fwd), with_backward(mod_fwd), repeats, clock=clock)
     kept = shape.seq - int(shape.seq * ratio)
     ideal = layer_flops(kept, shape.hidden, shape.ffn, router=True) / layer_flops(shape.seq, shape.hidden, shape.ffn)
     return dict(shape=shape.name, seq=shape.seq, ratio=ratio, ideal=ideal,
@@ -109,15 +111,8 @@ def measure(shape: Shape, ratio: float, repeats: int, device, dtype, backward: b
                 dense_fwd_ms=1e3 * t_dense_f, dense_fwd_bwd_ms=1e3 * t_dense_fb)
 
 
-def run(shape: Shape, ratios: list[float], repeats: int, device, dtype) -> list[dict]:
-    return [measure(shape, ratio, repeats, device, dtype) for ratio in ratios]
-
-
-def describe_machine(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name()
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"CPU x{torch.get_num_threads()} threads ({os.cpu_count()} cores{load})"
+def run(shape: Shape, ratios: list[float], repeats: int, device, dtype, clock=time.perf_counter) -> list[dict]:
+    return [measure(shape, ratio, repeats, device, dtype, clock=clock) for ratio in ratios]
 
 
 def main() -> None:
@@ -127,16 +122,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. every core)")
+    add_clock_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"# MoD layer vs dense layer, {describe_machine(device)}, {args.dtype}, torch {torch.__version__}")
+    clock = apply_clock_arguments(args, device)
+    print(f"# MoD layer vs dense layer, {describe_machine(device)}, {args.dtype}, torch {torch.__version__}, "
+          f"{clock_note(args)}, median of {args.repeats}")
     print("| shape | seq | skip ratio | FLOP-ideal MoD/dense | measured fwd | measured fwd+bwd | fwd / ideal | fwd+bwd / ideal | dense fwd ms | dense fwd+bwd ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for cfg in args.configs:
-        for r in run(SHAPES[cfg], args.ratios, args.repeats, device, dtype):
+        for r in run(SHAPES[cfg], args.ratios, args.repeats, device, dtype, clock):
             print(f"| {r['shape']} | {r['seq']} | {r['ratio']:.2f} | {r['ideal']:.3f} | {r['fwd']:.3f} | {r['fwd_bwd']:.3f} "
                   f"| {r['fwd'] / r['ideal']:.2f} | {r['fwd_bwd'] / r['ideal']:.2f} | {r['dense_fwd_ms']:.1f} "
                   f"| {r['dense_fwd_bwd_ms']:.1f} |")

@@ -19,7 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mod_layer import SHAPES, build_layers, describe_machine  # noqa: E402
+from clock import describe_machine  # noqa: E402
+from mod_layer import SHAPES, build_layers  # noqa: E402
 
 from gamma_mod.mod.layer import ModForwardContext  # noqa: E402
 

@@ -18,7 +18,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mod_layer import SHAPES, Shape, describe_machine, measure  # noqa: E402
+from clock import add_clock_arguments, apply_clock_arguments, clock_note, describe_machine  # noqa: E402
+from mod_layer import SHAPES, Shape, measure  # noqa: E402
 
 
 def plot(rows: list[dict], ratios: list[float], path: str, title: str) -> None:
@@ -54,26 +55,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "seq_sweep.png"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. every core)")
+    add_clock_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    clock = apply_clock_arguments(args, device)
     base = SHAPES["mid"]
     rows = []
     print(f"# MoD/dense layer time vs sequence length, hidden {base.hidden}, ffn {base.ffn}, batch 1, "
-          f"{describe_machine(device)}, float32, torch {torch.__version__}")
+          f"{describe_machine(device)}, float32, torch {torch.__version__}, {clock_note(args)}")
     print("| seq | skip | FLOP ideal | fwd | fwd / ideal | fwd+bwd | fwd+bwd / ideal | dense fwd ms |")
     print("|---|---|---|---|---|---|---|---|")
     for seq in args.seqs:
         shape = Shape(f"mid{seq}", base.hidden, base.ffn, base.heads, seq)
         for ratio in args.ratios:
-            r = measure(shape, ratio, args.repeats, device, torch.float32)
+            r = measure(shape, ratio, args.repeats, device, torch.float32, clock=clock)
             rows.append(r)
             print(f"| {seq} | {ratio:.2f} | {r['ideal']:.3f} | {r['fwd']:.3f} | {r['fwd'] / r['ideal']:.2f} "
                   f"| {r['fwd_bwd']:.3f} | {r['fwd_bwd'] / r['ideal']:.2f} | {r['dense_fwd_ms']:.1f} |", flush=True)
     title = (f"MoD layer / dense layer time (hidden {base.hidden}, ffn {base.ffn}), "
-             f"{describe_machine(device)}, median of {args.repeats} alternating runs")
+             f"{describe_machine(device)}, {clock_note(args)}, median of {args.repeats} alternating runs")
     plot(rows, args.ratios, args.out, title)
     print(f"plot: {args.out}")
     if device.type == "cpu" and hasattr(os, "getloadavg"):

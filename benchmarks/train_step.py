@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clock import add_clock_arguments, apply_clock_arguments, clock_note, describe_machine
 from gamma_mod.model import LlavaLlamaConfig, LlavaLlamaForCausalLM
 from gamma_mod.mod.convert import convert_to_mod
 
@@ -136,7 +137,8 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternating_steps(models: dict, batch: dict, repeats: int, warmup: int, device) -> dict[str, dict]:
+def alternating_steps(models: dict, batch: dict, repeats: int, warmup: int, device,
+                      clock=time.perf_counter) -> dict[str, dict]:
     """Median seconds per full step for each model, the models stepped in turn in every repeat."""
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
                   for name, m in models.items()}
@@ -148,24 +150,17 @@ def alternating_steps(models: dict, batch: dict, repeats: int, warmup: int, devi
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             loss = model(**batch).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
             if device.type == "cuda":
                 peak[name] = torch.cuda.max_memory_allocated(device) / 2**30
     return {name: dict(seconds=statistics.median(t), all=t, peak_gib=peak[name]) for name, t in times.items()}
-
-
-def describe_machine(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"CPU x{torch.get_num_threads()} threads ({os.cpu_count()} cores{load})"
 
 
 def main() -> None:
@@ -178,11 +173,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. every core)")
+    add_clock_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    clock = apply_clock_arguments(args, device)
     layout = copy.deepcopy(LAYOUTS[args.layout])
     layout.batch = args.batch or layout.batch
     layout.vocab = args.vocab or layout.vocab
@@ -192,7 +186,7 @@ def main() -> None:
     routable = 1 + layout.system_tokens + dense.config.num_image_tokens
     flops = step_flops(layout, dense.config, seq, routable, mod_layers, args.ratio)
     ideal = flops["mod"] / flops["dense"]
-    measured = alternating_steps({"dense": dense, "MoD": mod}, batch, args.repeats, args.warmup, device)
+    measured = alternating_steps({"dense": dense, "MoD": mod}, batch, args.repeats, args.warmup, device, clock)
     ratio = measured["MoD"]["seconds"] / measured["dense"]["seconds"]
 
     cfg = dense.config
@@ -200,9 +194,10 @@ def main() -> None:
           f"MoD layers {mod_layers} at skip {args.ratio}, vision {layout.vision['num_hidden_layers']} x "
           f"{layout.vision['hidden_size']} (frozen), {cfg.num_image_tokens} image tokens, seq {seq} ({routable} routable, "
           f"{flops['kept']} kept per MoD layer), vocab {cfg.vocab_size}, batch {layout.batch}, "
-          f"{describe_machine(device)}, {args.dtype}, torch {torch.__version__}")
+          f"{describe_machine(device)}, {args.dtype}, torch {torch.__version__}, {clock_note(args)}")
     print(f"`python benchmarks/train_step.py --layout {args.layout} --ratio {args.ratio} --batch {layout.batch} "
-          f"--vocab {layout.vocab} --repeats {args.repeats} --device {device.type} --dtype {args.dtype}`")
+          f"--vocab {layout.vocab} --repeats {args.repeats} --device {device.type} --dtype {args.dtype}"
+          + (f" --threads {args.threads}" if args.threads else "") + f" --clock {args.clock}`")
     print("| model | s / step (median) | all repeats s | peak GPU GiB | analytic TFLOPs / sample |")
     print("|---|---|---|---|---|")
     for name, key in (("dense", "dense"), ("MoD", "mod")):
