@@ -300,3 +300,25 @@ def test_kept_cache_validity_keeps_a_count_until_a_slot_is_filler():
     append_key_validity(cache, 1, None, batch=2, width=1)
     assert cached_key_validity(cache, 1).tolist() == [[True] * 4 + [True, False, True], [True] * 7]
     assert cached_key_validity(cache, 2) is None and cached_key_validity(None, 1) is None
+
+
+def test_decode_step_mask_is_the_real_cached_keys_and_the_token_itself(tiny_model):
+    model = mod_model(tiny_model)
+    layer = model.model.layers[1]
+    cache = DynamicCache()
+    past = torch.tensor([[False, True, True, False], [True, True, True, True]])
+    append_key_validity(cache, 1, past, batch=2, width=4)
+    step = selection_from_keep_mask(torch.ones(2, 1, dtype=torch.bool))
+    ctx = ModForwardContext(routable=torch.zeros(2, 1, dtype=torch.bool))
+    mask, valid = layer.attention_mask_for_selection(step, ctx, cache, 1, torch.float32)
+    expected = torch.zeros(2, 1, 1, 5).masked_fill(~torch.cat([past, torch.ones(2, 1, dtype=torch.bool)], 1)
+                                                    .view(2, 1, 1, 5), torch.finfo(torch.float32).min)
+    assert valid is None and torch.equal(mask, expected)
+    # A two-token step over the same cache: causal among the new tokens, padding of the step masked.
+    two = selection_from_keep_mask(torch.ones(2, 2, dtype=torch.bool))
+    ctx = ModForwardContext(routable=torch.zeros(2, 2, dtype=torch.bool), attention_mask=torch.tensor([[1, 1], [0, 1]]))
+    mask, valid = layer.attention_mask_for_selection(two, ctx, cache, 2, torch.float32)
+    allowed = torch.tensor([[[0, 1, 1, 0, 1, 0], [0, 1, 1, 0, 1, 1]],
+                            [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 1]]], dtype=torch.bool)
+    assert valid.tolist() == [[True, True], [False, True]]
+    assert torch.equal(mask, torch.zeros(2, 1, 2, 6).masked_fill(~allowed.unsqueeze(1), torch.finfo(torch.float32).min))

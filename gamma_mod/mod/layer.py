@@ -292,15 +292,20 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             return None, None
         device = selection.keep.device
         batch = selection.keep.shape[0]
-        new_valid = key_valid if key_valid is not None else torch.ones(batch, width, dtype=torch.bool, device=device)
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        allowed = causal.unsqueeze(0) & new_valid.unsqueeze(1)  # (B, K, K)
-        if past is not None:
-            allowed = torch.cat([past.materialise(device).unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
-        # Every query may see itself, so padding/filler rows stay finite (their output is discarded).
-        diag = torch.zeros_like(allowed)
-        diag[..., -width:] = torch.eye(width, dtype=torch.bool, device=device)
-        allowed = allowed | diag
+        if width == 1 and past is not None:
+            # A decode step: the real cached keys and the token itself (as the general rule below gives).
+            self_key = torch.ones(batch, 1, 1, dtype=torch.bool, device=device)
+            allowed = torch.cat([past.materialise(device).unsqueeze(1), self_key], dim=2)
+        else:
+            new_valid = key_valid if key_valid is not None else torch.ones(batch, width, dtype=torch.bool, device=device)
+            causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+            allowed = causal.unsqueeze(0) & new_valid.unsqueeze(1)  # (B, K, K)
+            if past is not None:
+                allowed = torch.cat([past.materialise(device).unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
+            # Every query may see itself, so padding/filler rows stay finite (their output is discarded).
+            diag = torch.zeros_like(allowed)
+            diag[..., -width:] = torch.eye(width, dtype=torch.bool, device=device)
+            allowed = allowed | diag
         mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
         mask = mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
         return mask, key_valid
