@@ -165,9 +165,11 @@ def run_all(model, ids, mask, pixels, labels):
     return result
 
 
-@pytest.mark.parametrize("options", [dict(), dict(routing_ratio=0.0), dict(mod_mode="dense"),
-                                     dict(router_weighting="none"), dict(strategy="pmod")])
-@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("options, padding_side", [
+    (dict(), "right"), (dict(), "left"), (dict(routing_ratio=0.0), "left"), (dict(mod_mode="dense"), "left"),
+    (dict(router_weighting="straight_through"), "right"), (dict(router_weighting="none"), "left"),
+    (dict(strategy="pmod"), "left"), (dict(strategy="pmod"), "right"),
+])
 @pytest.mark.parametrize("ties", [False, True])
 def test_fast_paths_equal_general_path(tiny_model, monkeypatch, options, padding_side, ties):
     model = mod_model(tiny_model, **options)

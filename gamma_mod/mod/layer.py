@@ -181,18 +181,21 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         (every decode step by default), or `mod_mode: dense`."""
         return self.mod.keeps_all_tokens or (not ctx.any_routable() and not self.decode_rule_applies(ctx))
 
-    def select_tokens(self, logits: torch.Tensor, ctx: ModForwardContext) -> TokenSelection:
+    def select_tokens(self, logits: torch.Tensor, score: torch.Tensor, ctx: ModForwardContext) -> TokenSelection:
+        """Our rules: top-k (or the threshold prefill), then the optional decode rule. score: the strategy's
+        selection score of `logits` (B, T)."""
         routable = ctx.routable
         ratio = self.mod.skip_ratio(self.layer_idx)
         counts = None
         if self.mod.prefill == "threshold" and not self.training:
-            keep = threshold_keep_mask(self.strategy.selection_score(logits), routable, self.mod.prefill_threshold)
+            keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)
         else:
-            keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask)
-            counts = self.strategy.topk_kept_counts(ctx.routable_counts(), routable.shape[1], ratio)
+            n_routable = ctx.routable_counts()
+            keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask, n_routable=n_routable, score=score)
+            counts = self.strategy.topk_kept_counts(n_routable, routable.shape[1], ratio)
         if self.decode_rule_applies(ctx):
             # Official decode rule: a generated token skips the layer when its score is below 0.5.
-            keep = keep & ~(ctx.decode & (self.strategy.selection_score(logits) < self.mod.decode_threshold))
+            keep = keep & ~(ctx.decode & (score < self.mod.decode_threshold))
             counts = None
         if self.mod.keeps_all_tokens:
             keep, counts = torch.ones_like(keep), [keep.shape[1]] * keep.shape[0]
@@ -243,8 +246,9 @@ class MoDDecoderLayer(LlamaDecoderLayer):
 
     def route(
         self, hidden_states: torch.Tensor, normed: torch.Tensor, ctx: ModForwardContext
-    ) -> tuple[torch.Tensor | None, TokenSelection]:
-        """Router logits (None where nothing uses them) and the token selection; records this layer's stats."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, TokenSelection]:
+        """Router logits and selection scores (None where nothing uses them) and the token selection;
+        records this layer's stats in the context."""
         batch, seq = hidden_states.shape[:2]
         with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
         if self.mod.official:
@@ -254,15 +258,19 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             loss = self.routing_loss(logits, selection.keep, None) if with_loss else None
             ctx.stats[self.layer_idx] = LayerRoutingStats(competing.sum(), (competing & ~selection.keep).sum(), loss,
                                                           selection.keep.detach())
-            return logits, selection
+            return logits, None, selection
         n_routable = sum(ctx.routable_counts())
         with_loss = with_loss and n_routable > 0
         every = self.keeps_every_token(ctx)
         # With every token kept, the router runs only where its output is used: the weights or the loss.
-        logits = None
+        logits = score = None
         if not every or with_loss or self.strategy.weights_need_router(n_routable > 0):
             logits = self.router(self.strategy.router_input(hidden_states, normed))  # gamma (B, T, 2) fp32; pmod (B, T)
-        selection = ctx.all_tokens_selection(batch, seq, hidden_states.device) if every else self.select_tokens(logits, ctx)
+        if every:
+            selection = ctx.all_tokens_selection(batch, seq, hidden_states.device)
+        else:
+            score = self.strategy.selection_score(logits)
+            selection = self.select_tokens(logits, score, ctx)
         loss = self.routing_loss(logits, selection.keep, ctx.routable_flat_index()) if with_loss else None
         if selection.index is None:
             skipped: int | torch.Tensor = 0
@@ -271,7 +279,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         else:
             skipped = sum(seq - c for c in selection.counts)  # only routable tokens are ever skipped
         ctx.stats[self.layer_idx] = LayerRoutingStats(n_routable, skipped, loss, selection.keep)  # bool: no graph
-        return logits, selection
+        return logits, score, selection
 
     # -- attention over the kept tokens ------------------------------------------------------
     def attention_mask_for_selection(
@@ -356,7 +364,7 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             cache = kwargs.get("past_key_values")
         ctx = mod_context
         normed = self.input_layernorm(hidden_states)
-        logits, selection = self.route(hidden_states, normed, ctx)
+        logits, score, selection = self.route(hidden_states, normed, ctx)
         routable = ctx.routable
         idx = selection.index  # None: every token goes through, the layer runs on the sequence itself
         if idx is not None and idx.shape[1] == 0:
@@ -374,7 +382,8 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         mlp_out = self.mlp(self.post_attention_layernorm(h))
         weight = None
         if logits is not None:
-            weight = self.strategy.kept_mlp_weight(selection.take(logits), selection.take(routable))
+            kept_score = selection.take(score) if score is not None else None
+            weight = self.strategy.kept_mlp_weight(selection.take(logits), selection.take(routable), kept_score)
         if weight is not None:
             mlp_out = mlp_out * weight.unsqueeze(-1).to(mlp_out.dtype)
         h = h + mlp_out

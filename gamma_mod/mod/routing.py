@@ -73,17 +73,26 @@ class TokenSelection:
         return scatter_flat(base, self.flat_index(), values)
 
 
-def topk_keep_mask(scores: torch.Tensor, routable: torch.Tensor, skip_ratio: float) -> torch.Tensor:
+def topk_keep_mask(
+    scores: torch.Tensor, routable: torch.Tensor, skip_ratio: float, n_routable: list[int] | None = None
+) -> torch.Tensor:
     """Keep every non-routable token and the top (1 - skip_ratio) of each row's routable tokens.
 
     The number skipped in a row is int(skip_ratio * n_routable), so with ratio 0 nothing is skipped.
     Ties go to the lower position. scores: (B, T) float, routable: (B, T) bool -> (B, T) bool.
+    `n_routable`: the rows' routable counts when the caller knows them (host ints); rows with equal
+    counts then need no per-row count tensor, and rows routable end to end no masking.
     """
-    n_routable = routable.sum(dim=1)  # (B,)
-    n_skip = torch.floor(n_routable.to(torch.float64) * skip_ratio).long()
+    if n_routable is not None and len(set(n_routable)) == 1:
+        n_keep = n_routable[0] - topk_skip_counts(n_routable[:1], skip_ratio)[0]
+        if n_routable[0] == scores.shape[1]:
+            return _top(scores, n_keep)
+        return _top(scores.masked_fill(~routable, float("-inf")), n_keep) | ~routable
+    n = routable.sum(dim=1)  # (B,)
+    n_skip = torch.floor(n.to(torch.float64) * skip_ratio).long()
     # Rank routable tokens by score, descending; non-routable ones sort last and are kept separately.
     masked = scores.masked_fill(~routable, float("-inf"))
-    return _keep_best(masked, routable, n_routable - n_skip)
+    return _keep_best(masked, routable, n - n_skip)
 
 
 def topk_skip_counts(n_routable: list[int], skip_ratio: float) -> list[int]:
@@ -113,16 +122,22 @@ def ranked_keep_mask(scores: torch.Tensor, routable: torch.Tensor, n_keep: torch
     return _keep_best(scores, routable, n_keep)
 
 
-def _keep_best(scores: torch.Tensor, routable: torch.Tensor, n_keep: torch.Tensor) -> torch.Tensor:
-    """~routable | (routable & among the row's n_keep best scores, ties to the lower position).
+def _top(scores: torch.Tensor, n_keep: torch.Tensor | int) -> torch.Tensor:
+    """(B, T) True at each row's n_keep best scores, ties to the lower position; n_keep (B,) or one int.
 
     One stable sort; "among the best" is written back through the sort's permutation (a scatter
     without duplicates, so deterministic) instead of materialising every token's rank.
     """
     order = scores.argsort(dim=1, descending=True, stable=True)
-    in_top = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < n_keep.unsqueeze(1)  # (B, T) sorted
-    top = torch.empty_like(in_top).scatter_(1, order, in_top)
-    return (routable & top) | ~routable
+    if isinstance(n_keep, torch.Tensor):
+        n_keep = n_keep.unsqueeze(1)
+    in_top = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < n_keep  # (B, T) in sorted order
+    return torch.empty_like(order, dtype=torch.bool).scatter_(1, order, in_top.expand_as(order))
+
+
+def _keep_best(scores: torch.Tensor, routable: torch.Tensor, n_keep: torch.Tensor) -> torch.Tensor:
+    """~routable | (routable & among the row's n_keep best scores, ties to the lower position)."""
+    return (routable & _top(scores, n_keep)) | ~routable
 
 
 def threshold_keep_mask(scores: torch.Tensor, routable: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -142,7 +157,8 @@ def selection_from_keep_mask(keep: torch.Tensor, counts: list[int] | None = None
     `counts` (kept tokens per row, host side) spares the one device-to-host sync this needs when the
     caller already knows them (top-k routing: they follow from the routable counts). Rows are
     ordered kept positions first, then the skipped ones (the filler of shorter rows), each ascending:
-    the permutation that sorts by (not kept, position), built in O(T) from two running counts.
+    the permutation that sorts by (not kept, position), built in O(T) from two running counts; when
+    every row keeps the same count there is no filler and the kept positions are read off directly.
     """
     batch, seq = keep.shape
     if counts is None:
@@ -150,14 +166,18 @@ def selection_from_keep_mask(keep: torch.Tensor, counts: list[int] | None = None
     width = max(counts) if batch else 0
     if batch and min(counts) == seq:
         return TokenSelection(index=None, valid=None, keep=keep, counts=counts)
+    if min(counts, default=0) == width:
+        # No filler: the kept positions in row-major order are the flat index (no sync: the size is known).
+        flat = torch.nonzero_static(keep.reshape(-1), size=batch * width).squeeze(1)
+        selection = TokenSelection(index=flat.view(batch, width) % seq, valid=None, keep=keep, counts=counts)
+        selection._flat = flat
+        return selection
     kept_before = keep.long().cumsum(dim=1)  # (B, T) kept tokens up to and including each position
     positions = torch.arange(seq, device=keep.device)
     n_kept = kept_before[:, -1:]
     slot = torch.where(keep, kept_before - 1, n_kept + positions - kept_before)  # skipped: after all kept ones
     index = torch.empty_like(slot).scatter_(1, slot, positions.expand(batch, seq))[:, :width]
-    valid = None
-    if min(counts) != width:
-        valid = torch.arange(width, device=keep.device).unsqueeze(0) < torch.tensor(counts, device=keep.device).unsqueeze(1)
+    valid = torch.arange(width, device=keep.device).unsqueeze(0) < n_kept
     return TokenSelection(index=index, valid=valid, keep=keep, counts=counts)
 
 
