@@ -7,7 +7,8 @@ LM loss (plus the routing loss for MoD), backward and an AdamW step.
 Layouts (gamma-MoD's SFT step: vision tower frozen, projector + LLM + lm_head trained):
   scaled7b  LLM 8 layers x hidden 1024 (ffn 2816, 16 heads), layers 0 and 7 dense, 1..6 MoD; CLIP-like
             tower 4 x 256 at 336 px / 14 = 576 image tokens; vocab 32000; batch 4
-  7b        LLM 32 x 4096 (ffn 11008), layers 0, 1, 2, 31 dense (the paper's 28 MoD); CLIP-L/14-336; batch 8
+  7b        LLM 32 x 4096 (ffn 11008), layers 0, 1, 2, 31 dense (the paper's 28 MoD); CLIP-L/14-336; batch 2
+            (both models with bf16 weights, gradients and AdamW states: ~2 x 55 GB, an H200)
   tiny      a seconds-long smoke run of the same code
 A sample is [bos, 34 system tokens, 576 image tokens, 32 question tokens, 32 answer tokens]; routable =
 bos + system + image; only the answer carries labels.
@@ -63,7 +64,7 @@ LAYOUTS = {
     "7b": Layout(text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
                  vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                              image_size=336, patch_size=14),
-                 dense_layers=(0, 1, 2, 31), batch=8),
+                 dense_layers=(0, 1, 2, 31), batch=2),
     "tiny": Layout(text=dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4),
                    vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                                image_size=64, patch_size=8),
