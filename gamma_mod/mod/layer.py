@@ -10,13 +10,19 @@ Subclasses transformers' `LlamaDecoderLayer` (same parameters, same state-dict n
     h_k     = h_k + w * mlp(norm(h_k))                    w from the strategy (gamma: router prob p, MLP branch)
     h       = scatter(h, keep, h_k)                       skipped tokens pass unchanged (p-MoD: x w)
 
+When every token of a forward goes through the layer (decode steps, which carry no routable token;
+`mod_mode: dense`) there is nothing to gather or scatter: the layer runs on the sequence itself,
+the router only where its output is used (the MLP weight, the routing loss). Counts the layer needs
+on the host (kept tokens per row) come from the routable counts, read once per forward for all MoD
+layers, so top-k routing costs no device sync per layer.
+
 With `mod.compat: official` the keep rule, the kept tokens' positions (renumbered 0..k-1) and the
 routing-loss scope are the released code's (gamma_mod/mod/compat.py); the rest is shared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +34,7 @@ from transformers.models.llama.modeling_llama import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .cache import append_key_validity, cached_key_validity
+from .cache import append_key_validity, cached_key_validity, key_validity_record
 from .compat import (
     official_decode_tokens,
     official_inference_keep,
@@ -38,22 +44,63 @@ from .compat import (
 from .config import ModConfig
 from .routing import (
     TokenSelection,
-    gather_tokens,
-    scatter_tokens,
+    all_tokens_selection,
     selection_from_keep_mask,
     threshold_keep_mask,
 )
 from .strategies import RoutingStrategy
 
 
-@dataclass
 class LayerRoutingStats:
-    routable: int
-    skipped: int
-    # Routing loss of this layer (mean CE over routable tokens); None when nothing is routable.
-    loss: torch.Tensor | None = None
-    # (B, T) which tokens went through the layer (for skip maps and speed reports).
-    keep: torch.Tensor | None = None
+    """What one MoD layer did in the last forward.
+
+    routable / skipped: token counts over the batch (ints). They may be handed over as 0-dim device
+    tensors and are then read on first access, so that the forward never waits for the device.
+    loss: routing loss of this layer (mean CE over routable tokens); None when nothing is routable.
+    keep: (B, T) which tokens went through the layer (for skip maps and speed reports).
+    """
+
+    def __init__(self, routable: int | torch.Tensor, skipped: int | torch.Tensor,
+                 loss: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> None:
+        self._routable = routable
+        self._skipped = skipped
+        self.loss = loss
+        self.keep = keep
+
+    @property
+    def routable(self) -> int:
+        if not isinstance(self._routable, int):
+            self._routable = int(self._routable)
+        return self._routable
+
+    @property
+    def skipped(self) -> int:
+        if not isinstance(self._skipped, int):
+            self._skipped = int(self._skipped)
+        return self._skipped
+
+    def __repr__(self) -> str:
+        return f"LayerRoutingStats(routable={self.routable}, skipped={self.skipped})"
+
+
+class RoutingCounts(Mapping):
+    """{layer: (routable, skipped)} over a forward's stats, read from the device only when looked at."""
+
+    def __init__(self, stats: dict[int, LayerRoutingStats]) -> None:
+        self._stats = stats
+
+    def __getitem__(self, layer: int) -> tuple[int, int]:
+        s = self._stats[layer]
+        return s.routable, s.skipped
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._stats)
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 @dataclass
@@ -68,6 +115,8 @@ class ModForwardContext:
     rotary:         the model's rotary embedding, `rotary(x, position_ids) -> (cos, sin)`, for renumbered positions.
     position_ids:   (B or 1, T) original positions (mgm decode tokens keep theirs).
     labels:         (B, T) training labels (the mgm layout's text-only rule), or None.
+    The inputs must not change during the forward: what the layers need of them on the host (routable
+    counts, whether there is padding) is read from the device once and shared.
     """
 
     routable: torch.Tensor
@@ -77,10 +126,39 @@ class ModForwardContext:
     rotary: Callable | None = None
     position_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    _host: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def routing_loss(self) -> torch.Tensor | None:
         losses = [s.loss for s in self.stats.values() if s.loss is not None]
         return torch.stack(losses).sum() if losses else None
+
+    def routable_counts(self) -> list[int]:
+        """Routable tokens per row (host ints), read once per forward."""
+        if "routable_counts" not in self._host:
+            self._host["routable_counts"] = self.routable.sum(dim=1).tolist()
+        return self._host["routable_counts"]
+
+    def any_routable(self) -> bool:
+        return any(self.routable_counts())
+
+    def has_padding(self) -> bool:
+        """Whether some token of this forward's inputs is padding (attention_mask 0), read once per forward."""
+        if "has_padding" not in self._host:
+            mask = self.attention_mask
+            self._host["has_padding"] = mask is not None and not bool(mask.bool().all())
+        return self._host["has_padding"]
+
+    def all_tokens_selection(self, batch: int, seq: int, device) -> TokenSelection:
+        """The every-token selection, one per forward for all MoD layers that keep every token."""
+        if "all_tokens" not in self._host:
+            self._host["all_tokens"] = all_tokens_selection(batch, seq, device)
+        return self._host["all_tokens"]
+
+    def routable_flat_index(self) -> torch.Tensor:
+        """Positions of the routable tokens in the flattened (B*T) batch, row-major (as `x[routable]` takes them)."""
+        if "routable_flat_index" not in self._host:
+            self._host["routable_flat_index"] = self.routable.reshape(-1).nonzero().squeeze(1)
+        return self._host["routable_flat_index"]
 
 
 class MoDDecoderLayer(LlamaDecoderLayer):
@@ -94,20 +172,34 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         self.router = router
 
     # -- routing -----------------------------------------------------------------------------
-    def select_tokens(self, logits: torch.Tensor, ctx: ModForwardContext) -> TokenSelection:
-        score = self.strategy.selection_score(logits)
+    def decode_rule_applies(self, ctx: ModForwardContext) -> bool:
+        """Whether the official decode rule may skip a generated token of this forward."""
+        return ctx.decode is not None and self.mod.decode == "threshold" and not self.mod.keeps_all_tokens
+
+    def keeps_every_token(self, ctx: ModForwardContext) -> bool:
+        """True when no token of this forward can skip the layer: nothing routable and no decode rule
+        (every decode step by default), or `mod_mode: dense`."""
+        return self.mod.keeps_all_tokens or (not ctx.any_routable() and not self.decode_rule_applies(ctx))
+
+    def select_tokens(self, logits: torch.Tensor, score: torch.Tensor, ctx: ModForwardContext) -> TokenSelection:
+        """Our rules: top-k (or the threshold prefill), then the optional decode rule. score: the strategy's
+        selection score of `logits` (B, T)."""
         routable = ctx.routable
         ratio = self.mod.skip_ratio(self.layer_idx)
+        counts = None
         if self.mod.prefill == "threshold" and not self.training:
             keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)
         else:
-            keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask)
-        if ctx.decode is not None and self.mod.decode == "threshold" and not self.mod.keeps_all_tokens:
+            n_routable = ctx.routable_counts()
+            keep = self.strategy.topk_keep(logits, routable, ratio, ctx.attention_mask, n_routable=n_routable, score=score)
+            counts = self.strategy.topk_kept_counts(n_routable, routable.shape[1], ratio)
+        if self.decode_rule_applies(ctx):
             # Official decode rule: a generated token skips the layer when its score is below 0.5.
             keep = keep & ~(ctx.decode & (score < self.mod.decode_threshold))
+            counts = None
         if self.mod.keeps_all_tokens:
-            keep = torch.ones_like(keep)
-        return selection_from_keep_mask(keep)
+            keep, counts = torch.ones_like(keep), [keep.shape[1]] * keep.shape[0]
+        return selection_from_keep_mask(keep, counts)
 
     def select_tokens_official(self, logits: torch.Tensor, ctx: ModForwardContext) -> tuple[TokenSelection, torch.Tensor]:
         """The released code's selection (compat official) and the tokens that competed in it."""
@@ -133,42 +225,96 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         keep_real = selection.keep
         if ctx.attention_mask is not None:
             keep_real = keep_real & ctx.attention_mask.bool()
-        past_valid = cached_key_validity(cache, self.layer_idx) if cache is not None else None
+        past_valid = cached_key_validity(cache, self.layer_idx, keep_real.device) if cache is not None else None
         past_kept = past_valid.sum(dim=1) if past_valid is not None else None
         original_at = None
         if self.mod.official_layout == "mgm" and not self.training:
             original_at = official_decode_tokens(ctx.decode, tuple(keep_real.shape), keep_real.device)
         positions = official_positions(keep_real, past_kept, ctx.position_ids, original_at)
-        return ctx.rotary(hidden, gather_tokens(positions, selection.index))
+        return ctx.rotary(hidden, selection.take(positions))
 
-    def routing_loss(self, logits: torch.Tensor, keep: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
-        """2-way cross-entropy of the router against this layer's own keep decision, routable tokens only."""
-        if not routable.any():
-            return None
-        target = keep[routable].long()
-        return nn.functional.cross_entropy(logits[routable], target)
+    def routing_loss(self, logits: torch.Tensor, keep: torch.Tensor, scope: torch.Tensor | None) -> torch.Tensor:
+        """2-way cross-entropy of the router against this layer's own keep decision.
+
+        scope: flat (B*T) positions of the tokens in the loss (row-major, as boolean indexing takes
+        them), or None for every token.
+        """
+        flat_logits, target = logits.reshape(-1, logits.shape[-1]), keep.reshape(-1)
+        if scope is not None:
+            flat_logits, target = flat_logits.index_select(0, scope), target.index_select(0, scope)
+        return nn.functional.cross_entropy(flat_logits, target.long())
+
+    def route(
+        self, hidden_states: torch.Tensor, normed: torch.Tensor, ctx: ModForwardContext
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, TokenSelection]:
+        """Router logits and selection scores (None where nothing uses them) and the token selection;
+        records this layer's stats in the context."""
+        batch, seq = hidden_states.shape[:2]
+        with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
+        if self.mod.official:
+            logits = self.router(self.strategy.router_input(hidden_states, normed))  # (B, T, 2) fp32
+            selection, competing = self.select_tokens_official(logits, ctx)
+            # Official routing loss: every one of the B x T tokens, question and padding included.
+            loss = self.routing_loss(logits, selection.keep, None) if with_loss else None
+            ctx.stats[self.layer_idx] = LayerRoutingStats(competing.sum(), (competing & ~selection.keep).sum(), loss,
+                                                          selection.keep.detach())
+            return logits, None, selection
+        n_routable = sum(ctx.routable_counts())
+        with_loss = with_loss and n_routable > 0
+        every = self.keeps_every_token(ctx)
+        # With every token kept, the router runs only where its output is used: the weights or the loss.
+        logits = score = None
+        if not every or with_loss or self.strategy.weights_need_router(n_routable > 0):
+            logits = self.router(self.strategy.router_input(hidden_states, normed))  # gamma (B, T, 2) fp32; pmod (B, T)
+        if every:
+            selection = ctx.all_tokens_selection(batch, seq, hidden_states.device)
+        else:
+            score = self.strategy.selection_score(logits)
+            selection = self.select_tokens(logits, score, ctx)
+        loss = self.routing_loss(logits, selection.keep, ctx.routable_flat_index()) if with_loss else None
+        if selection.index is None:
+            skipped: int | torch.Tensor = 0
+        elif self.decode_rule_applies(ctx):
+            skipped = (ctx.routable & ~selection.keep).sum()  # decode tokens may skip without being routable
+        else:
+            skipped = sum(seq - c for c in selection.counts)  # only routable tokens are ever skipped
+        ctx.stats[self.layer_idx] = LayerRoutingStats(n_routable, skipped, loss, selection.keep)  # bool: no graph
+        return logits, score, selection
 
     # -- attention over the kept tokens ------------------------------------------------------
     def attention_mask_for_selection(
-        self, selection: TokenSelection, ctx: ModForwardContext, past_valid: torch.Tensor | None, dtype
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Additive mask (B, 1, K, S_past + K), or None for plain causal, and the validity (B, K) of the new keys."""
+        self, selection: TokenSelection, ctx: ModForwardContext, cache, width: int, dtype
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Additive mask (B, 1, K, S_past + K), or None when none is needed, and the validity (B, K) of
+        the new keys (None: every new key is real).
+
+        No mask: without a cache and without padding or filler (SDPA's causal kernel), or for a single
+        query per row over a cache of real keys only (the usual decode step; it may see every key).
+        """
         key_valid = selection.valid
-        if ctx.attention_mask is not None:
-            key_valid = key_valid & gather_tokens(ctx.attention_mask.bool(), selection.index)
-        if past_valid is None and bool(key_valid.all()):
-            # Plain causal attention over the kept tokens: SDPA's causal kernel, no mask tensor.
-            return None, key_valid
-        width = selection.index.shape[1]
-        causal = torch.ones(width, width, dtype=torch.bool, device=key_valid.device).tril()
-        allowed = causal.unsqueeze(0) & key_valid.unsqueeze(1)  # (B, K, K)
-        if past_valid is not None:
-            allowed = torch.cat([past_valid.unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
-        # Every query may see itself, so padding/filler rows stay finite (their output is discarded).
-        diag = torch.zeros_like(allowed)
-        diag[..., -width:] = torch.eye(width, dtype=torch.bool, device=allowed.device)
-        allowed = allowed | diag
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        if ctx.has_padding():
+            real = selection.take(ctx.attention_mask.bool())
+            key_valid = real if key_valid is None else key_valid & real
+        past = key_validity_record(cache, self.layer_idx)
+        if key_valid is None and (past is None or (width == 1 and past.mask is None)):
+            return None, None
+        device = selection.keep.device
+        batch = selection.keep.shape[0]
+        if width == 1 and past is not None:
+            # A decode step: the real cached keys and the token itself (as the general rule below gives).
+            self_key = torch.ones(batch, 1, 1, dtype=torch.bool, device=device)
+            allowed = torch.cat([past.materialise(device).unsqueeze(1), self_key], dim=2)
+        else:
+            new_valid = key_valid if key_valid is not None else torch.ones(batch, width, dtype=torch.bool, device=device)
+            causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+            allowed = causal.unsqueeze(0) & new_valid.unsqueeze(1)  # (B, K, K)
+            if past is not None:
+                allowed = torch.cat([past.materialise(device).unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
+            # Every query may see itself, so padding/filler rows stay finite (their output is discarded).
+            diag = torch.zeros_like(allowed)
+            diag[..., -width:] = torch.eye(width, dtype=torch.bool, device=device)
+            allowed = allowed | diag
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
         mask = mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
         return mask, key_valid
 
@@ -188,13 +334,12 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         v = attn.v_proj(hidden).view(shape).transpose(1, 2)
         cos, sin = cos_sin
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        past_valid = cached_key_validity(cache, self.layer_idx) if cache is not None else None
-        mask, key_valid = self.attention_mask_for_selection(selection, ctx, past_valid, q.dtype)
+        mask, key_valid = self.attention_mask_for_selection(selection, ctx, cache, width, q.dtype)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-            append_key_validity(cache, self.layer_idx, key_valid)
+            append_key_validity(cache, self.layer_idx, key_valid, batch, width)
         interface: Callable = eager_attention_forward
-        if mask is None and attn.config._attn_implementation == "eager":
+        if mask is None and attn.config._attn_implementation == "eager" and width > 1:
             mask = torch.full((width, width), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
         if attn.config._attn_implementation != "eager":
             # flash-attention takes no arbitrary masks; MoD layers use SDPA there (dense layers keep flash).
@@ -219,45 +364,34 @@ class MoDDecoderLayer(LlamaDecoderLayer):
             cache = kwargs.get("past_key_values")
         ctx = mod_context
         normed = self.input_layernorm(hidden_states)
-        logits = self.router(self.strategy.router_input(hidden_states, normed))  # gamma (B, T, 2) fp32; pmod (B, T)
+        logits, score, selection = self.route(hidden_states, normed, ctx)
         routable = ctx.routable
-        if self.mod.official:
-            selection, competing = self.select_tokens_official(logits, ctx)
-            # Official routing loss: every one of the B x T tokens, question and padding included.
-            loss_scope = torch.ones_like(selection.keep)
-        else:
-            selection = self.select_tokens(logits, ctx)
-            competing = loss_scope = routable
-        with_loss = torch.is_grad_enabled() and self.strategy.has_routing_loss
-        loss = self.routing_loss(logits, selection.keep, loss_scope) if with_loss else None
-        ctx.stats[self.layer_idx] = LayerRoutingStats(
-            routable=int(competing.sum()), skipped=int((competing & ~selection.keep).sum()), loss=loss,
-            keep=selection.keep.detach(),
-        )
-
-        idx = selection.index
-        if idx.shape[1] == 0:
+        idx = selection.index  # None: every token goes through, the layer runs on the sequence itself
+        if idx is not None and idx.shape[1] == 0:
             # Every token of this step skips the layer (threshold decode): nothing to attend, nothing cached.
             scale = self.strategy.skipped_scale(logits, routable)
             return hidden_states if scale is None else hidden_states * scale.unsqueeze(-1).to(hidden_states.dtype)
-        h = gather_tokens(hidden_states, idx)  # (B, K, C)
+        h = selection.take(hidden_states)  # (B, K, C)
         if self.mod.official:
             cos_sin = self.official_position_embeddings(h, selection, ctx, cache)
         else:
+            # RoPE tables at the kept tokens' ORIGINAL positions (never renumbered); (1, T, D) tables serve every row.
             cos, sin = position_embeddings
-            if cos.shape[0] != hidden_states.shape[0]:
-                cos, sin = cos.expand(hidden_states.shape[0], -1, -1), sin.expand(hidden_states.shape[0], -1, -1)
-            # Gather RoPE tables at the kept tokens' ORIGINAL positions (never renumbered).
-            cos_sin = (gather_tokens(cos, idx), gather_tokens(sin, idx))
-        h = h + self.attend_selected(gather_tokens(normed, idx), cos_sin, selection, ctx, cache)
+            cos_sin = (selection.take(cos), selection.take(sin))
+        h = h + self.attend_selected(selection.take(normed), cos_sin, selection, ctx, cache)
         mlp_out = self.mlp(self.post_attention_layernorm(h))
-        weight = self.strategy.kept_mlp_weight(gather_tokens(logits, idx), gather_tokens(routable, idx))
+        weight = None
+        if logits is not None:
+            kept_score = selection.take(score) if score is not None else None
+            weight = self.strategy.kept_mlp_weight(selection.take(logits), selection.take(routable), kept_score)
         if weight is not None:
             mlp_out = mlp_out * weight.unsqueeze(-1).to(mlp_out.dtype)
         h = h + mlp_out
+        if idx is None:
+            return h if h.dtype == hidden_states.dtype else h.to(hidden_states.dtype)
 
         base = hidden_states
         skipped_scale = self.strategy.skipped_scale(logits, routable)
         if skipped_scale is not None:
             base = base * torch.where(selection.keep, torch.ones_like(skipped_scale), skipped_scale).unsqueeze(-1).to(base.dtype)
-        return scatter_tokens(base, idx, h.to(base.dtype), selection.valid)
+        return selection.put(base, h.to(base.dtype))

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ModConfig
 from .router import PModRouter, TokenRouter
-from .routing import ranked_keep_mask, routable_token_mask, topk_keep_mask, truncated_keep_count
+from .routing import ranked_keep_mask, routable_token_mask, topk_keep_mask, topk_skip_counts, truncated_keep_count
 
 
 class RoutingStrategy:
@@ -42,14 +42,31 @@ class RoutingStrategy:
         return logits.softmax(dim=-1)[..., 1]
 
     def topk_keep(
-        self, logits: torch.Tensor, routable: torch.Tensor, skip_ratio: float, attention_mask: torch.Tensor | None = None
+        self, logits: torch.Tensor, routable: torch.Tensor, skip_ratio: float, attention_mask: torch.Tensor | None = None,
+        *, n_routable: list[int] | None = None, score: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T) tokens kept by top-k routing (training and top-k prefill); attention_mask (B, T): 1 = real token."""
-        return topk_keep_mask(self.selection_score(logits), routable, skip_ratio)
+        """(B, T) tokens kept by top-k routing (training and top-k prefill); attention_mask (B, T): 1 = real token.
 
-    def kept_mlp_weight(self, logits: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
-        """(B, K) weight on the MLP output of kept tokens, or None for no scaling."""
+        n_routable (host counts per row) and score (`selection_score(logits)`, if already computed) only
+        spare work; the result is the same without them."""
+        score = self.selection_score(logits) if score is None else score
+        return topk_keep_mask(score, routable, skip_ratio, n_routable)
+
+    def topk_kept_counts(self, n_routable: list[int], seq: int, skip_ratio: float) -> list[int] | None:
+        """Tokens `topk_keep` keeps per row, from the routable counts alone (no device sync), or None
+        when the count depends on the scores."""
+        return [seq - n for n in topk_skip_counts(n_routable, skip_ratio)]
+
+    def kept_mlp_weight(
+        self, logits: torch.Tensor, routable: torch.Tensor, score: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """(B, K) weight on the MLP output of kept tokens, or None for no scaling; score: their
+        `selection_score`, if already computed."""
         raise NotImplementedError
+
+    def weights_need_router(self, any_routable: bool) -> bool:
+        """Whether `kept_mlp_weight` can differ from 1 when every token is kept (else the router is not run)."""
+        return True
 
     def skipped_scale(self, logits: torch.Tensor, routable: torch.Tensor) -> torch.Tensor | None:
         """(B, T) factor applied to skipped tokens, or None when they pass unchanged."""
@@ -68,14 +85,19 @@ class GammaStrategy(RoutingStrategy):
     def router_input(self, residual, normed):
         return normed
 
-    def kept_mlp_weight(self, logits, routable):
-        p = logits.softmax(dim=-1)[..., 1]
+    def kept_mlp_weight(self, logits, routable, score=None):
+        if self.mod.router_weighting == "none":
+            return None
+        p = self.selection_score(logits) if score is None else score
         if self.mod.router_weighting == "prob":
             return p
         if self.mod.router_weighting == "straight_through":
             # Value exactly 1 (the layer computes what the dense layer would), gradient of p.
             return p / p.detach()
         return None
+
+    def weights_need_router(self, any_routable):
+        return self.mod.router_weighting != "none"
 
 
 class PModStrategy(RoutingStrategy):
@@ -137,13 +159,19 @@ class PModStrategy(RoutingStrategy):
     def keep_count(self, n_routable: torch.Tensor, skip_ratio: float) -> torch.Tensor:
         return truncated_keep_count(n_routable, 1.0 - skip_ratio)
 
-    def topk_keep(self, logits, routable, skip_ratio, attention_mask=None):
+    def topk_keep(self, logits, routable, skip_ratio, attention_mask=None, *, n_routable=None, score=None):
         n_keep = self.keep_count(routable.sum(dim=1), skip_ratio)
         return ranked_keep_mask(self.ranking_score(logits, routable, attention_mask), routable, n_keep)
 
-    def kept_mlp_weight(self, logits, routable):
+    def topk_kept_counts(self, n_routable, seq, skip_ratio):
+        return None  # non-targets compete for the top-k slots: the count depends on the scores
+
+    def kept_mlp_weight(self, logits, routable, score=None):
         w = self.tanh_norm(logits)
         return torch.where(routable, w, torch.ones_like(w))
+
+    def weights_need_router(self, any_routable):
+        return any_routable  # non-targets get weight 1
 
     def skipped_scale(self, logits, routable):
         w = self.tanh_norm(logits)

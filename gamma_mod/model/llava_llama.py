@@ -26,7 +26,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from ..mod.layer import ModForwardContext, MoDDecoderLayer
+from ..mod.layer import ModForwardContext, MoDDecoderLayer, RoutingCounts
 from ..mod.router import TokenRouter, ZeroInitLinear
 from ..mod.strategies import build_strategy
 from ..prune import TokenPruner
@@ -316,7 +316,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         loss = lm_loss = routing_loss = None
         ctx = outputs.mod_context
         if ctx is not None:
-            self.last_routing_stats = {i: (s.routable, s.skipped) for i, s in ctx.stats.items()}
+            # {layer: (routable, skipped)}, read from the device only when someone looks.
+            self.last_routing_stats = RoutingCounts(ctx.stats)
             routing_loss = ctx.routing_loss()
         if labels is not None:
             lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
