@@ -181,6 +181,21 @@ def selection_from_keep_mask(keep: torch.Tensor, counts: list[int] | None = None
     return TokenSelection(index=index, valid=valid, keep=keep, counts=counts)
 
 
+def padded_selection(keep: torch.Tensor) -> TokenSelection:
+    """`selection_from_keep_mask` with `index` and `valid` always materialised, never None: for callers
+    that index by them directly (the token pruners in gamma_mod/prune), not for the MoD hot path."""
+    selection = selection_from_keep_mask(keep)
+    if selection.index is None:  # every token kept
+        batch, seq = keep.shape
+        index = torch.arange(seq, device=keep.device).expand(batch, seq)
+        return TokenSelection(index=index, valid=torch.ones_like(keep, dtype=torch.bool), keep=keep,
+                              counts=selection.counts)
+    if selection.valid is None:  # no filler slot
+        return TokenSelection(index=selection.index, valid=torch.ones_like(selection.index, dtype=torch.bool),
+                              keep=keep, counts=selection.counts)
+    return selection
+
+
 def flat_token_index(index: torch.Tensor, seq: int) -> torch.Tensor:
     """(B, K) positions -> (B*K,) positions into the flattened (B*T) batch."""
     return (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * seq).reshape(-1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
-from ..mod.routing import gather_tokens, ranked_keep_mask, selection_from_keep_mask
+from ..mod.routing import gather_tokens, padded_selection, ranked_keep_mask
 
 
 def query_mask(mode: str, prompt: torch.Tensor, is_image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,7 +71,7 @@ def layer_key_attention(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: tor
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     normed = layer.input_layernorm(hidden)
-    chosen = selection_from_keep_mask(queries & key_valid)  # ranking queries, in order, padded per row
+    chosen = padded_selection(queries & key_valid)  # ranking queries, in order, padded per row
     q = attn.q_proj(gather_tokens(normed, chosen.index)).view(batch, chosen.index.shape[1], -1, attn.head_dim)
     k = attn.k_proj(normed).view(batch, length, -1, attn.head_dim)
     q = rope(q.transpose(1, 2), gather_tokens(cos, chosen.index), gather_tokens(sin, chosen.index))

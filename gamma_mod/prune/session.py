@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..mod.cache import append_key_validity, cached_key_validity
-from ..mod.routing import gather_tokens, scatter_tokens, selection_from_keep_mask
+from ..mod.routing import gather_tokens, padded_selection, scatter_tokens
 from .base import TokenPruner
 from .ranking import keep_top_scoring, layer_key_attention, query_mask
 
@@ -154,7 +154,7 @@ class PruneSession:
         if self.valid is not None:
             keep &= self.valid
         self.full_hidden = hidden if self.index is None else scatter_tokens(self.full_hidden, self.index, hidden, self.valid)
-        chosen = selection_from_keep_mask(keep)
+        chosen = padded_selection(keep)
         self.index = chosen.index if self.index is None else self.index.gather(1, chosen.index)
         self.valid = chosen.valid
         self.stats.kept_image[self.stages[s].layer] = (keep & image).sum(dim=1)
@@ -203,8 +203,8 @@ class PruneSession:
         key_valid = self._present_real()
         past_valid = None
         if self.cache is not None:
-            past_valid = cached_key_validity(self.cache, i)
-            append_key_validity(self.cache, i, key_valid)
+            past_valid = cached_key_validity(self.cache, i, key_valid.device)
+            append_key_validity(self.cache, i, key_valid, key_valid.shape[0], key_valid.shape[1])
             if not hasattr(self.cache, _PRUNED_LAYERS_ATTR):
                 setattr(self.cache, _PRUNED_LAYERS_ATTR, set())
             getattr(self.cache, _PRUNED_LAYERS_ATTR).add(i)
