@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from clock import add_clock_arguments, apply_clock_arguments, clock_note, describe_machine
+from model_flops import decoder_flops, head_flops, projector_flops, vision_flops
 from gamma_mod.model import LlavaLlamaConfig, LlavaLlamaForCausalLM
 from gamma_mod.mod.convert import convert_to_mod
 
@@ -108,25 +109,15 @@ def make_batch(layout: Layout, config, device, dtype, seed: int = 0) -> dict:
                 pixel_values=pixels.to(device=device, dtype=dtype))
 
 
-def layer_flops(tokens: int, d: int, d_ff: int) -> float:
-    return 8 * tokens * d * d + 4 * tokens * tokens * d + 6 * tokens * d * d_ff
-
-
 def step_flops(layout: Layout, config, seq: int, routable: int, mod_layers: list[int], ratio: float) -> dict:
     """Analytic FLOPs of one training step per sample, by part (see the module docstring)."""
-    v, d = layout.vision, config.hidden_size
-    patches = (v["image_size"] // v["patch_size"]) ** 2
-    n, dv = patches + 1, v["hidden_size"]
-    vision = v["num_hidden_layers"] * (8 * n * dv * dv + 4 * n * n * dv + 4 * n * dv * v["intermediate_size"])
-    vision += 2 * patches * 3 * v["patch_size"] ** 2 * dv
-    projector = 2 * patches * (dv * d + d * d)
-    head = 2 * seq * d * config.vocab_size
+    d, d_ff, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    vision = vision_flops(layout.vision)
+    projector = projector_flops(config.num_image_tokens, layout.vision["hidden_size"], d)
+    head = head_flops(seq, d, config.vocab_size)
     kept = seq - int(routable * ratio)
-    layers = {"dense": 0.0, "mod": 0.0}
-    for i in range(config.num_hidden_layers):
-        full = layer_flops(seq, d, config.intermediate_size)
-        layers["dense"] += full
-        layers["mod"] += layer_flops(kept, d, config.intermediate_size) + 4 * seq * d if i in mod_layers else full
+    layers = {"dense": decoder_flops(seq, d, d_ff, n_layers, {}),
+              "mod": decoder_flops(seq, d, d_ff, n_layers, {i: kept for i in mod_layers})}
     parts = {name: vision + 3 * (projector + llm + head) for name, llm in layers.items()}
     parts.update(vision=vision, projector=3 * projector, head=3 * head, llm_dense=3 * layers["dense"],
                  llm_mod=3 * layers["mod"], kept=kept)
@@ -204,7 +195,7 @@ def main() -> None:
     for name, key in (("dense", "dense"), ("MoD", "mod")):
         m = measured[name]
         peak = f"{m['peak_gib']:.1f}" if m["peak_gib"] is not None else "n/a (CPU)"
-        print(f"| {name} | {m['seconds']:.3f} | {', '.join(f'{t:.2f}' for t in m['all'])} | {peak} "
+        print(f"| {name} | {m['seconds']:.3f} | {', '.join(f'{t:.3g}' for t in m['all'])} | {peak} "
               f"| {flops[key] / 1e12:.4g} |")
     share = {k: flops[k] / flops["dense"] for k in ("vision", "projector", "head", "llm_dense")}
     print(f"Dense step FLOPs by part: vision {100 * share['vision']:.1f}%, projector {100 * share['projector']:.1f}%, "
