@@ -172,3 +172,29 @@ def test_concurrent_starts_build_once(tokenizer, folder):
         starts = list(pool.map(lambda _: arrow(tokenizer, folder, path, on_bad_record="skip"), range(2)))
     assert sorted(d.cached for d in starts) == [False, True]
     assert_same(*starts)
+
+
+def test_image_runs_collapse_and_expand_by_hand():
+    from gamma_mod.data.arrow import collapse_image_runs, expand_image_runs
+
+    img = 9
+    ids = [1, img, img, img, 5, img, 6, img, img]  # three runs: 3, 1 and 2 (the last one cut by truncation)
+    labels = [-100, -100, -100, -100, 5, -100, 6, -100, -100]
+    short_ids, short_labels, runs = collapse_image_runs(ids, labels, img)
+    assert short_ids == [1, img, 5, img, 6, img]
+    assert short_labels == [-100, -100, 5, -100, 6, -100]
+    assert runs == [3, 1, 2]
+    full_ids, full_labels = expand_image_runs(torch.tensor(short_ids), torch.tensor(short_labels), runs, img)
+    assert full_ids.tolist() == ids and full_labels.tolist() == labels
+    assert collapse_image_runs([1, 2], [1, 2], img) == ([1, 2], [1, 2], [])
+
+
+def test_cache_stores_one_id_per_image(tokenizer, folder):
+    reference, dataset = both(tokenizer, folder, [GOOD], on_bad_record="skip")
+    row = dataset.data[0]
+    full = reference[0]["input_ids"]
+    n_image = int((full == dataset.image_id).sum())
+    assert n_image == NUM_IMAGE_TOKENS > 1
+    assert row["image_runs"] == [NUM_IMAGE_TOKENS]
+    assert len(row["input_ids"]) == len(full) - NUM_IMAGE_TOKENS + 1
+    assert torch.equal(dataset[0]["input_ids"], full)

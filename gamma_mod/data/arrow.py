@@ -7,6 +7,9 @@
             tokenize_record as SupervisedDataset, one row per record (bad ones carry reason+message)
           -> report.json (skip counts, every bad record, image (size, mtime)) + the good rows, saved
     load  : load_from_disk (memory-mapped: every rank and DataLoader worker shares the page cache)
+    rows  : each run of image tokens is stored as ONE image id (its label one IGNORE_INDEX) with the run's
+            length in `image_runs`; `__getitem__` expands it again. A 576-token image costs 1 id, not 576
+            (LLaVA-1.5 records: ~5x smaller cache); runs cut by `on_overlong: truncate` keep their true length.
 
 Items, skip counts, truncation and official-masked counts are those of
 gamma_mod.data.dataset.SupervisedDataset on the same records (pinned by tests/test_data_arrow.py);
@@ -39,15 +42,17 @@ from .dataset import BAD_RECORD_MODES, check_image, open_image
 from .formats import DataError, read_records, record_id, validate_record
 from .preprocess import OVERLONG_MODES, tokenize_record
 from .templates import ConversationTemplate
+from .tokenizer import image_token_id
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the row layout or any rule that shapes a row changes
+FORMAT_VERSION = 2  # bump when the row layout or any rule that shapes a row changes
 CACHE_DIR_NAME = ".gamma_mod_cache"
 FEATURES = datasets.Features({
     "sample_id": datasets.Value("string"),
     "input_ids": datasets.Sequence(datasets.Value("int32")),
     "labels": datasets.Sequence(datasets.Value("int32")),
+    "image_runs": datasets.Sequence(datasets.Value("int32")),  # length of each collapsed image-token run, in order
     "image": datasets.Value("string"),  # "" for text-only records
     "modality_length": datasets.Value("int32"),  # LLaVA's sign convention: < 0 for text-only
     "truncated": datasets.Value("bool"),
@@ -78,6 +83,36 @@ def cache_key(json_path: Path, tokenizer, template: ConversationTemplate, num_im
     return h.hexdigest()
 
 
+def collapse_image_runs(input_ids: list[int], labels: list[int], image_id: int) -> tuple[list[int], list[int], list[int]]:
+    """Each run of consecutive `image_id` tokens -> one token (label kept from the run's first token) and its
+    length; the inverse of `expand_image_runs`."""
+    ids_out: list[int] = []
+    labels_out: list[int] = []
+    runs: list[int] = []
+    previous_image = False
+    for token, label in zip(input_ids, labels):
+        is_image = token == image_id
+        if is_image and previous_image:
+            runs[-1] += 1
+        else:
+            ids_out.append(token)
+            labels_out.append(label)
+            if is_image:
+                runs.append(1)
+        previous_image = is_image
+    return ids_out, labels_out, runs
+
+
+def expand_image_runs(input_ids: torch.Tensor, labels: torch.Tensor, runs: list[int],
+                      image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T',) collapsed ids/labels -> the full sequences: the i-th image id repeated runs[i] times."""
+    if not runs:
+        return input_ids, labels
+    repeats = torch.ones_like(input_ids)
+    repeats[input_ids == image_id] = torch.tensor(runs, dtype=repeats.dtype)
+    return input_ids.repeat_interleave(repeats), labels.repeat_interleave(repeats)
+
+
 def _image_stat(path: Path) -> list[int] | None:
     try:
         st = path.stat()
@@ -97,10 +132,11 @@ def _process(batch: dict[str, list], indices: list[int], *, json_path: str, imag
     out: dict[str, list] = {name: [] for name in FEATURES}
     checked = _CHECKED_IMAGES
     folder = Path(image_folder) if image_folder else None
+    image_id = image_token_id(tokenizer)
     for text, index in zip(batch["record"], indices):
         record = json.loads(text)
         rid = record_id(record, index)
-        row: dict[str, Any] = dict(sample_id=rid, input_ids=[], labels=[], image="", modality_length=0,
+        row: dict[str, Any] = dict(sample_id=rid, input_ids=[], labels=[], image_runs=[], image="", modality_length=0,
                                    truncated=False, official_masked=False, error_reason="", error_message="")
         try:
             validate_record(record, index, json_path)
@@ -120,7 +156,8 @@ def _process(batch: dict[str, list], indices: list[int], *, json_path: str, imag
                 row["image"] = record["image"]
             sample = tokenize_record(record, tokenizer, template, num_image_tokens, max_length, on_overlong)
             n = len(sample.input_ids)
-            row.update(input_ids=sample.input_ids, labels=sample.labels, truncated=sample.truncated,
+            ids, labels, runs = collapse_image_runs(sample.input_ids, sample.labels, image_id)
+            row.update(input_ids=ids, labels=labels, image_runs=runs, truncated=sample.truncated,
                        official_masked=sample.official_masked, modality_length=n if row["image"] else -n)
         except DataError as error:
             error = error.located(json_path, rid)
@@ -180,6 +217,7 @@ class ArrowSupervisedDataset(Dataset):
         self.json_path = Path(json_path)
         self.image_folder = Path(image_folder) if image_folder else None
         self.image_processor = image_processor
+        self.image_id = image_token_id(tokenizer)
         if not self.json_path.is_file():
             read_records(self.json_path)  # raises the usual "no such data file"
         key = cache_key(self.json_path, tokenizer, template, num_image_tokens, max_length, on_overlong,
@@ -258,11 +296,10 @@ class ArrowSupervisedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.data[int(i)]
-        item: dict[str, Any] = {
-            "input_ids": torch.tensor(row["input_ids"], dtype=torch.long),
-            "labels": torch.tensor(row["labels"], dtype=torch.long),
-            "sample_id": row["sample_id"],
-        }
+        input_ids, labels = expand_image_runs(torch.tensor(row["input_ids"], dtype=torch.long),
+                                              torch.tensor(row["labels"], dtype=torch.long), row["image_runs"],
+                                              self.image_id)
+        item: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "sample_id": row["sample_id"]}
         if row["image"]:
             try:
                 image = open_image(self.image_folder / row["image"], row["sample_id"])
