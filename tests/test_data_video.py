@@ -105,7 +105,8 @@ def error_of(source, **kwargs) -> str:
 def test_errors_name_the_path_and_the_problem(clip, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert error_of(empty) == f"{empty}: no frame images in the folder (looked for .png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff)"
+    assert error_of(empty) == (f"{empty}: no frame images in the folder "
+                               "(looked for .png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff)")
 
     mixed = write_frames(tmp_path / "mixed", [clip[0], clip[1]], ["a.png", "b.png"])
     Image.new("RGB", (5, 5)).save(mixed / "c.png")

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="dataset folder, reused if already complete (default "
                         "runs/synthetic, with --video runs/synthetic_video)")
     parser.add_argument("--captions", type=int, default=2000, help="stage-1 caption images (clips with --video)")
-    parser.add_argument("--vqa-train", type=int, default=1500, help="stage-2 training images or clips (3 questions each)")
+    parser.add_argument("--vqa-train", type=int, default=1500,
+                        help="stage-2 training images or clips (3 questions each)")
     parser.add_argument("--vqa-test", type=int, default=200, help="held-out images or clips (3 questions each)")
     parser.add_argument("--image-size", type=int, default=64, help="image / frame side in pixels")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                                              args.frames, args.seed)
         media = f"{data.num_frames}-frame clips in {data.videos.name}/"
     else:
-        data = write_synthetic_dataset(args.out, args.captions, args.vqa_train, args.vqa_test, args.image_size, args.seed)
+        data = write_synthetic_dataset(args.out, args.captions, args.vqa_train, args.vqa_test, args.image_size,
+                                       args.seed)
         media = f"tokenizer in {data.tokenizer.name}/"
     counts = {p.name: len(json.loads(p.read_text())) for p in (data.stage1, data.stage2_train, data.stage2_test)}
     listed = ", ".join(f"{name} {n} records" for name, n in counts.items())

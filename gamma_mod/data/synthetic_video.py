@@ -204,8 +204,9 @@ def write_synthetic_video_dataset(out_dir: str | Path, n_captions: int = 2000, n
 
     def make(name: str, count: int) -> list[Clip]:
         """`count` balanced clips written to videos/<name>_<i>; returns them."""
-        clips = [make_clip(d, n, c, rng) for d, n, c in zip(
-            balanced(DIRECTIONS, count, rng), balanced(tuple(NUMBERS), count, rng), balanced(tuple(COLORS), count, rng))]
+        labels = zip(balanced(DIRECTIONS, count, rng), balanced(tuple(NUMBERS), count, rng),
+                     balanced(tuple(COLORS), count, rng))
+        clips = [make_clip(d, n, c, rng) for d, n, c in labels]
         for i, clip in enumerate(clips):
             folder = videos / f"{name}_{i:05d}"
             folder.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,8 @@ def frame_files(folder: str | Path) -> list[Path]:
                     key=lambda p: _natural_key(p.name))
     skipped = len(entries) - len(frames)
     if skipped:
-        logger.warning("%s: skipped %d entries that are not frame images (%s)", folder, skipped, "/".join(FRAME_SUFFIXES))
+        logger.warning("%s: skipped %d entries that are not frame images (%s)", folder, skipped,
+                       "/".join(FRAME_SUFFIXES))
     if not frames:
         raise DataError(f"no frame images in the folder (looked for {', '.join(FRAME_SUFFIXES)})", REASON,
                         source=folder)
