@@ -18,7 +18,7 @@ import sys
 from .errors import ArgumentParser, UsageError, debug_enabled, report_errors
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("gamma_mod.data.cli", "write the bundled synthetic dataset (images + LLaVA-format JSON)"),
+    "synth": ("gamma_mod.data.cli", "write the bundled synthetic dataset (images, or --video clips, + LLaVA-format JSON)"),
     "train": ("gamma_mod.train.cli", "stage-1 / stage-2 training (HF Trainer, optional DeepSpeed)"),
     "arank": ("gamma_mod.arank.cli", "per-layer ARank of a model's attention maps"),
     "convert": ("gamma_mod.mod.cli", "turn low-ARank layers of a model into MoD layers"),

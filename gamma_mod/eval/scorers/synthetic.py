@@ -1,6 +1,7 @@
 """The bundled synthetic VQA held-out split: single-word answers, exact match ignoring case and
 punctuation. The annotation is the split itself (`stage2_test.json`, LLaVA conversation format,
-ids "test-{image}-{question type}")."""
+ids "test-{image}-{question type}"). The video set (`gamma-mod synth --video`) has the same layout with
+`"video": "videos/<clip>"` (relative to the dataset folder) instead of `"image"`, and is scored the same way."""
 
 from __future__ import annotations
 
@@ -27,8 +28,12 @@ def read_questions(annotation: str | Path, image_folder: str | Path | None = Non
         annotation = annotation / QUESTIONS
     image_folder = Path(image_folder) if image_folder is not None else annotation.parent / IMAGES
     records = json.loads(annotation.read_text())
-    return [Question(question_id=r["id"], text=r["conversations"][0]["value"], image=str(image_folder / r["image"]),
-                     extra={"answer": r["conversations"][1]["value"]}) for r in records]
+    # Question has no video field: a clip's frame folder travels in `extra` for a video-aware loop.
+    return [Question(question_id=r["id"], text=r["conversations"][0]["value"],
+                     image=str(image_folder / r["image"]) if "image" in r else None,
+                     extra={"answer": r["conversations"][1]["value"],
+                            **({"video": str(annotation.parent / r["video"])} if "video" in r else {})})
+            for r in records]
 
 
 def score(answers_jsonl: str | Path, annotation: str | Path) -> dict[str, float]:
