@@ -60,11 +60,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.processing_llava import LlavaProcessor
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+    LlavaOnevisionImageProcessorPil,
+)
 from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
@@ -75,7 +80,7 @@ IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"
 TINY_VOCAB_SIZE = 512
 
-__all__ = ["FAMILY_NAMES", "HFFamilyProcessor", "IGNORE_INDEX", "TINY_TOKEN_IDS", "TINY_VOCAB_SIZE",
+__all__ = ["FAMILIES", "FAMILY_NAMES", "HFFamilyProcessor", "family_of", "IGNORE_INDEX", "TINY_TOKEN_IDS", "TINY_VOCAB_SIZE",
            "build_tiny_processor"]
 
 
@@ -685,9 +690,6 @@ _TINY_CORPUS = (
 
 
 def _tiny_tokenizer(spec: _FamilySpec):
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     low = sorted((i, t) for t, i in spec.tiny_special_ids.items() if i < 256)
     high = {i: t for t, i in spec.tiny_special_ids.items() if i >= 256}
     tok = Tokenizer(models.BPE())
@@ -718,12 +720,6 @@ def build_tiny_processor(family: str, folder: str | Path) -> Path:
     """Write a tiny processor folder for `family` (tokenizer, Pil image processor config, chat template) that
     `HFFamilyProcessor.from_pretrained(folder)` (and, for llava_hf or with torchvision, AutoProcessor) loads
     offline. Sizes: see /work/notes/tiny_token_ids.md and the module docstring."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILY_NAMES)}")
     spec, folder = FAMILIES[family], Path(folder)
@@ -757,7 +753,8 @@ def build_tiny_processor(family: str, folder: str | Path) -> Path:
     proc_config = _read_json(config_path)
     proc_config["processor_class"] = spec.processor_class.__name__
     if family == "llava_onevision":  # init kwargs of the real class, which the image-only subclass does not save
-        proc_config.update(num_image_tokens=processor.num_image_tokens, vision_aspect_ratio=processor.vision_aspect_ratio,
+        proc_config.update(num_image_tokens=processor.num_image_tokens,
+                           vision_aspect_ratio=processor.vision_aspect_ratio,
                            vision_feature_select_strategy=processor.vision_feature_select_strategy)
     config_path.write_text(json.dumps(proc_config, indent=2, sort_keys=True) + "\n")
     if video_config is not None:
