@@ -80,8 +80,8 @@ IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"
 TINY_VOCAB_SIZE = 512
 
-__all__ = ["FAMILIES", "FAMILY_NAMES", "HFFamilyProcessor", "family_of", "IGNORE_INDEX", "TINY_TOKEN_IDS", "TINY_VOCAB_SIZE",
-           "build_tiny_processor"]
+__all__ = ["FAMILIES", "FAMILY_NAMES", "IGNORE_INDEX", "TINY_TOKEN_IDS", "TINY_VOCAB_SIZE", "HFFamilyProcessor",
+           "build_tiny_processor", "family_of"]
 
 
 # --------------------------------------------------------------------------------------------------- chat templates
