@@ -26,7 +26,8 @@ DS_BUILD_OPS=0 "${PIP[@]}" "${FIND_LINKS[@]}" -c "$ROOT/scripts/constraints.txt"
 if [[ ",$EXTRAS," == *",test,"* ]]; then
   # lmms-eval for the plugin tests without torchvision: the package with --no-deps, then only what
   # its import path needs (GPU boxes install the full `lmms` extra instead). pip then lists the
-  # requirements of lmms-eval left out as "not installed": expected.
+  # requirements of lmms-eval left out as "not installed", and its wandb==0.25.0 pin against the
+  # newer wandb of the test extra: expected.
   "${PIP[@]}" "${FIND_LINKS[@]}" -c "$ROOT/scripts/constraints.txt" --no-deps "lmms-eval==0.7.3"
   "${PIP[@]}" "${FIND_LINKS[@]}" -c "$ROOT/scripts/constraints.txt" -r "$ROOT/scripts/lmms_eval_nodeps.txt"
 fi

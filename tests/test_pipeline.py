@@ -1,12 +1,18 @@
 """The whole pipeline end to end on a micro model (the quickstart's code path, capped steps), with resume."""
 
+import argparse
 import json
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from packaging.requirements import Requirement
+
 from gamma_mod.cli import main
+from gamma_mod.pipeline import add_arguments
 
 from conftest import MICRO_SPEC
 
@@ -17,6 +23,28 @@ def run(tmp_path, strategy, *extra):
     return main(["pipeline", "--out", str(tmp_path / "run"), "--model", str(spec), "--strategy", strategy,
                  "--captions", "16", "--vqa-train", "6", "--vqa-test", "4", "--max-steps", "3",
                  "--arank-samples", "4", "--eval-samples", "12", *extra])
+
+
+def assert_embedded_pngs_exist(report, count):
+    """Every image report.md links is a drawn PNG next to it."""
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.read_text())
+    assert len(links) == count, links
+    for link in links:
+        data = (report.parent / link).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, link
+
+
+def test_quickstart_install_draws_the_plots():
+    """README command 1 (scripts/quickstart.sh) installs no extra, writes to runs/quickstart: plotting is core."""
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "quickstart.sh").read_text()
+    assert 'setup_env.sh"\n' in script and "gamma-mod\" pipeline" in script  # no extra, then the pipeline
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+")  # the source tree's, not installed metadata
+    core = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(Requirement(r).name == "matplotlib" for r in core)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).out == "runs/quickstart"
 
 
 def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
@@ -32,12 +60,16 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert len(mod["mod_layers"]) == 1 and mod["mod_layers"][0] in (1, 2)
     assert 0 <= mod["accuracy"] <= 1
     assert (tmp_path / "run" / "arank.json").exists() and (tmp_path / "run" / "arank.png").exists()
-    # The run folder's summary embeds the ARank plot and the MoD stage's curves (issue 24).
+    # The run folder's summary embeds the ARank plot and every stage's curves (issue 24), all drawn.
     summary = (tmp_path / "run" / "report.md").read_text()
     assert "![ARank per layer](arank.png)" in summary and "| MoD (gamma) |" in summary
     for name in ("loss.png", "routing_loss.png", "skip_fraction.png"):
         assert (tmp_path / "run" / "stage2_gamma" / name).is_file() and f"(stage2_gamma/{name})" in summary
+    for stage in ("stage1", "stage2_sft", "stage2_dense"):  # dense stages: a loss curve, no MoD plots
+        assert f"({stage}/loss.png)" in summary and f"({stage}/skip_fraction.png)" not in summary
+        assert (tmp_path / "run" / stage / "report.md").is_file()
     assert (tmp_path / "run" / "stage2_gamma" / "report.md").is_file()
+    assert_embedded_pngs_exist(tmp_path / "run" / "report.md", 7)  # ARank, 3 MoD-stage curves, 3 dense-stage losses
     table = capsys.readouterr().out
     assert "| dense |" in table and "| MoD (gamma) |" in table and "| FastV K=2 R=0.5 |" in table
     # A second run finds every stage complete and only re-evaluates.

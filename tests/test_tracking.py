@@ -1,5 +1,6 @@
 """Experiment tracking (issue 24): report_to, the mod/* metrics, run-folder plots and report.md."""
 
+import importlib
 import json
 import math
 import os
@@ -191,7 +192,7 @@ def history(out):
 
 
 def test_tensorboard_events_hold_the_mod_metrics_and_the_config(data, spec, tmp_path):
-    pytest.importorskip("tensorboard")  # in the test extra; CI installs it
+    need("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -225,54 +226,134 @@ def test_tensorboard_events_hold_the_mod_metrics_and_the_config(data, spec, tmp_
 
 
 def test_report_to_none_writes_no_tracker_files(data, spec, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # wandb / mlflow would write here (./wandb, ./mlruns)
+    monkeypatch.chdir(tmp_path)  # wandb / mlflow would write here (./wandb, ./mlruns, ./mlflow.db)
+    for name in ("WANDB_DIR", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
     out = mod_run(data, spec, tmp_path / "none", "none")
-    assert not (out / "runs").exists() and not (tmp_path / "wandb").exists() and not (tmp_path / "mlruns").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none"]
+    assert not (out / "runs").exists() and not (out / "wandb").exists() and not (out / "mlruns").exists()
     assert any("mod/skip/layer_01" in h for h in history(out))  # the metrics still reach log_history
     assert (out / "skip_fraction.png").is_file() and (out / "report.md").is_file()
 
 
-def wandb_history(run_file):
-    """The history rows of an offline .wandb file: a 7-byte header (":W&B", magic, version), then
-    LevelDB-log framing (32 KiB blocks; records: crc32, length u16, type 1 full / 2 first / 3 middle / 4 last)
-    around wandb's `Record` protobufs."""
+def need(module):
+    """A test-extra package: missing in CI (a clean install of the test extra) is an error, elsewhere a skip."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[test]')")
+
+
+def wandb_records(run_file):
+    """The `Record` protobufs of an offline .wandb file (wandb >= 0.2x ships no Python reader for it): a 7-byte
+    header (":W&B", magic 0xBEE1, version 0), then LevelDB-log framing in 32 KiB blocks; each chunk is
+    crc32 (IEEE, seeded with the crc of its type byte), length u16, type (1 full, 2 first, 3 middle, 4 last)."""
     import struct
+    import zlib
 
     from wandb.proto import wandb_internal_pb2
 
-    raw, pos, block, chunks, rows = run_file.read_bytes(), 7, 32768, b"", []
+    raw, pos, block, chunks, records = run_file.read_bytes(), 7, 32768, b"", []
+    assert raw[:4] == b":W&B", raw[:7]
     while pos + 7 <= len(raw):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        chunks += raw[pos + 7:pos + 7 + length]
+        crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        data = raw[pos + 7:pos + 7 + length]
+        if kind == 0 and length == 0:  # zero fill at the end of a preallocated block
+            pos += block - pos % block
+            continue
+        assert crc == zlib.crc32(data, zlib.crc32(bytes([kind]))), f"bad chunk crc at byte {pos}"
+        chunks += data
         pos += 7 + length
         if kind in (1, 4):
-            record = wandb_internal_pb2.Record.FromString(chunks)
+            records.append(wandb_internal_pb2.Record.FromString(chunks))
             chunks = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+    assert not chunks, "a record cut off at the end of the file"
+    return records
+
+
+def wandb_history(records):
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
 
 
 def test_wandb_offline_run_holds_the_mod_metrics(data, spec, tmp_path, monkeypatch):
-    pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb)")
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb = need("wandb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):  # our code must pick offline by itself
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
     out = mod_run(data, spec, tmp_path / "wb", "wandb")
-    import wandb
-
-    wandb.finish()  # the HF callback leaves the run open until exit; finishing writes the summary
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert wandb.run is None  # finished at train end: the file is complete, a next stage gets its own run
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    rows = [r for r in wandb_history(runs[0]) if "train/loss" in r]
+    records = wandb_records(runs[0])
+    rows = [r for r in wandb_history(records) if "train/loss" in r]
     logged = [h for h in history(out) if "loss" in h]
     assert len(rows) == len(logged) == 3
-    for key in ("mod/skip/layer_01", "mod/skip_all/layer_01", "mod/routing_loss/total", "mod/score_std/layer_01"):
+    for key in ("mod/skip/layer_01", "mod/skip_all/layer_01", "mod/routing_loss/layer_01", "mod/routing_loss/total",
+                "mod/score_mean/layer_01", "mod/score_std/layer_01", "perf/tokens_per_second", "loss"):
         assert [r[f"train/{key}"] for r in rows] == pytest.approx([h[key] for h in logged], rel=1e-5), key
+    assert all(0.3 < r["train/mod/skip/layer_01"] <= 0.5 for r in rows)
+    # The resolved config under `gamma_mod` in the run's config, and the run name.
+    config = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in r.config.update})
+    assert config["gamma_mod"]["optim.lr"] == pytest.approx(1e-3)
+    assert config["gamma_mod"]["report_to"] == "wandb"
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.display_name == "tiny-mod"
+
+
+def test_mlflow_file_store_holds_the_mod_metrics(data, spec, tmp_path, monkeypatch):
+    need("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "x")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # mlflow >= 3.7 refuses a file store unless our code opts in
+    out = mod_run(data, spec, tmp_path / "ml", "mlflow")
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_name == "tiny-mod" and run.info.status == "FINISHED"
+    logged = [h for h in history(out) if "loss" in h]
+    assert len(logged) == 3
+    for key in ("mod/skip/layer_01", "mod/skip_all/layer_01", "mod/routing_loss/layer_01", "mod/routing_loss/total",
+                "mod/score_std/layer_01", "loss"):
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        assert [v for _, v in points] == pytest.approx([h[key] for h in logged], rel=1e-5), key
+    assert float(run.data.params["gamma_mod.optim.lr"]) == pytest.approx(1e-3)
+    assert run.data.params["gamma_mod.mod.layers"] == "[1]"
+
+
+def test_mlflow_store_is_checked_before_training(monkeypatch, tmp_path):
+    need("mlflow")
+    from gamma_mod.train import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "sqlalchemy_installed", lambda: False)  # mlflow-skinny: no database store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    with pytest.raises(ConfigError, match="needs the full mlflow package"):
+        resolve_report_to(["mlflow"])
+    monkeypatch.setattr(tracking, "sqlalchemy_installed", lambda: True)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "x")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    assert resolve_report_to(["mlflow"]) == ["mlflow"] and "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+    for file_uri in ("file:./mlruns", "./mlruns"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", file_uri)
+        assert resolve_report_to(["mlflow"]) == ["mlflow"] and os.environ["MLFLOW_ALLOW_FILE_STORE"] == "true"
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")  # the user's own choice is kept
+    assert resolve_report_to(["mlflow"]) == ["mlflow"] and os.environ["MLFLOW_ALLOW_FILE_STORE"] == "false"
+    assert not any(tmp_path.iterdir())  # the check creates no store
 
 
 # -- plots -----------------------------------------------------------------------------------------

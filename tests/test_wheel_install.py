@@ -120,4 +120,8 @@ def test_wheel_installs_and_runs_the_pipeline_from_any_folder(tmp_path):
                  "--vqa-test", "4", "--eval-samples", "12", "--arank-samples", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (elsewhere / "run" / "report_gamma.md").exists()
+    # The quickstart's pictures (issue 24): the ARank plot and the stages' curves, embedded in report.md.
+    summary = (elsewhere / "run" / "report.md").read_text()
+    for image in ("arank.png", "stage1/loss.png", "stage2_gamma/skip_fraction.png", "stage2_dense/loss.png"):
+        assert (elsewhere / "run" / image).stat().st_size > 1000 and f"]({image})" in summary, image
     assert "| MoD (gamma) |" in result.stdout

@@ -1,8 +1,15 @@
 """Experiment trackers: resolve `report_to` to HF Trainer integrations, log the resolved config to them.
 
-TensorBoard writes under `output_dir/runs/<date>_<host>/` (the HF default); wandb runs offline with
+TensorBoard writes under `output_dir/runs/<date>_<host>/` (the HF default). wandb runs offline with
 `WANDB_MODE=offline` and, without an API key (environment or `wandb login`), is switched to offline
-here so it never waits on a login prompt; mlflow logs to `./mlruns` unless MLFLOW_TRACKING_URI says otherwise.
+here so it never waits on a login prompt; its run goes to `$WANDB_DIR/wandb/` (default: the working
+directory). mlflow logs where MLFLOW_TRACKING_URI says, else to mlflow's own default (mlflow >= 3.7:
+`sqlite:///mlflow.db` in the working directory, which needs the full `mlflow` package; older: `./mlruns`).
+A local file store (`MLFLOW_TRACKING_URI=file:./mlruns`, enough with `mlflow-skinny`) is refused by
+mlflow >= 3.7 unless MLFLOW_ALLOW_FILE_STORE=true; asking for one by URI sets that here.
+
+Each training call is one tracker run: the wandb run the Trainer opened is finished at train end (HF
+leaves it open, so the pipeline's next stage would otherwise log into the previous stage's run).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import sys
 
 from transformers import TrainerCallback
 
@@ -33,7 +41,7 @@ def resolve_report_to(trackers: list[str]) -> list[str]:
     if trackers == ["auto"]:
         return ["tensorboard"] if installed("tensorboard") else []
     if trackers == ["all"]:
-        return [name for name in PACKAGES if installed(name)]
+        trackers = [name for name in PACKAGES if installed(name)]  # then checked like a list of names
     missing = [t for t in trackers if not installed(t)]
     if missing:
         raise ConfigError(f"report_to={','.join(trackers)}: {', '.join(missing)} is not installed "
@@ -43,7 +51,30 @@ def resolve_report_to(trackers: list[str]) -> list[str]:
         logger.warning("report_to includes wandb but WANDB_API_KEY is not set: logging offline (WANDB_MODE=offline); "
                        "`wandb sync` uploads the run later")
         os.environ["WANDB_MODE"] = "offline"
+    if "mlflow" in trackers:
+        check_mlflow_store()
     return list(trackers)
+
+
+def check_mlflow_store() -> None:
+    """Fail before the model is built when mlflow's store cannot open (HF would fail at train start)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:") and not sqlalchemy_installed():
+        raise ConfigError(f"report_to=mlflow: mlflow's tracking store is {uri}, which needs the full mlflow package "
+                          "(pip install mlflow); or log to a local folder with "
+                          "MLFLOW_TRACKING_URI=file:./mlruns")
+    file_store = uri.startswith("file:") or (":" not in uri.replace("\\", "/").split("/")[0] and uri != "databricks")
+    if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE") is None:
+        # The file store was asked for by URI; mlflow >= 3.7 only refuses it unless opted in.
+        logger.info("report_to=mlflow: file store %s (MLFLOW_ALLOW_FILE_STORE=true)", uri)
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+
+
+def sqlalchemy_installed() -> bool:
+    """mlflow's database stores need SQLAlchemy: the full `mlflow` package has it, `mlflow-skinny` not."""
+    return importlib.util.find_spec("sqlalchemy") is not None
 
 
 def wandb_logged_in() -> bool:
@@ -75,15 +106,29 @@ def flat_config(config) -> dict[str, str | int | float | bool]:
 
 
 class ConfigLogger(TrainerCallback):
-    """Logs the resolved training config as hyperparameters to every active tracker at train start.
+    """Logs the resolved training config as hyperparameters to every active tracker at train start, and
+    finishes the wandb run the Trainer opened at train end (a run the caller opened is left alone).
 
-    Runs after the integrations' own on_train_begin (callbacks passed to the Trainer come after them),
-    so their writers / runs exist by then.
+    Runs after the integrations' own on_train_begin / on_train_end (callbacks passed to the Trainer
+    come after them), so their writers / runs exist by then and are done with at the end.
     """
 
     def __init__(self, config, trainer) -> None:
         self.params = flat_config(config)
         self.trainer = trainer
+        wandb = sys.modules.get("wandb")
+        self.caller_wandb_run = wandb.run if wandb is not None else None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for callback in self.trainer.callback_handler.callbacks:
+            wandb = getattr(callback, "_wandb", None) if type(callback).__name__ == "WandbCallback" else None
+            if wandb is None or wandb.run is None or wandb.run is self.caller_wandb_run:
+                continue
+            try:
+                wandb.finish()
+                callback._initialized = False  # a later train() on this Trainer opens a new run
+            except Exception as e:  # the model is trained; the run file is closed at exit anyway
+                logger.warning("could not finish the wandb run: %s", e)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
