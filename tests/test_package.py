@@ -28,7 +28,8 @@ def test_every_train_config_loads(path):
 
 def _fork_specs():
     # Family specs (`family:`) build HF config classes instead: tests/test_family_specs.py loads every one.
-    return sorted(p for p in (ROOT / "configs" / "model").glob("*.yaml") if "family" not in (yaml.safe_load(p.read_text()) or {}))
+    paths = sorted((ROOT / "configs" / "model").glob("*.yaml"))
+    return [p for p in paths if "family" not in (yaml.safe_load(p.read_text()) or {})]
 
 
 @pytest.mark.parametrize("path", _fork_specs(), ids=lambda p: p.name)

@@ -7,7 +7,7 @@ d_kv = num_key_value_heads·head_dim (GQA: K/V project to fewer heads):
 
     Q and O projections        2·T·d·d_q + 2·T·d_q·d  = 4·T·d·d_q
     K and V projections        2 · 2·T·d·d_kv         = 4·T·d·d_kv
-    scores and weighted sum    2·T²·d_q + 2·T²·d_q    = 4·T²·d_q      (every query head, causal mask not halved)
+    scores and weighted sum    2·T²·d_q + 2·T²·d_q    = 4·T²·d_q      (every query head; causal half not taken)
     MLP (gate, up, down)       3 · 2·T·d·d_ff         = 6·T·d·d_ff
 
     layer_flops = 4·T·d·d_q + 4·T·d·d_kv + 4·T²·d_q + 6·T·d·d_ff
