@@ -369,9 +369,10 @@ def test_generate_until_multi_round(registry, model_dir, data, tmp_path):
 
 
 # -- efficiency report ----------------------------------------------------------------------------
-def layer_flops(tokens, hidden, ffn):
-    """Paper convention (gamma-MoD eval/cal_flops.py), written out again: 8Td^2 + 4T^2d + 6Tdf."""
-    return 8 * tokens * hidden**2 + 4 * tokens**2 * hidden + 6 * tokens * hidden * ffn
+def layer_flops(tokens, hidden, ffn, kv_dim):
+    """Paper convention (gamma-MoD eval/cal_flops.py) with K/V at GQA width (issue #14), written out again:
+    4Td^2 (Q, O) + 4Td·d_kv (K, V) + 4T^2d + 6Tdf; d_q = d here (the fork's heads · head_dim = hidden)."""
+    return 4 * tokens * hidden**2 + 4 * tokens * hidden * kv_dim + 4 * tokens**2 * hidden + 6 * tokens * hidden * ffn
 
 
 @needs_lmms
@@ -396,9 +397,10 @@ def test_log_efficiency_report(registry, model_dir, data, tokenizer, tmp_path):
     assert report["skipped_of_routable"] == {"1": sum(skipped) / sum(routable), "2": sum(skipped) / sum(routable)}
     assert report["skipped_of_tokens"]["1"] == pytest.approx(sum(skipped) / sum(map(len, prompts)))
     d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    mod_tflops = [(2 * layer_flops(len(p), d, f) + 2 * layer_flops(len(p) - s, d, f)) / 1e12
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    mod_tflops = [(2 * layer_flops(len(p), d, f, kv) + 2 * layer_flops(len(p) - s, d, f, kv)) / 1e12
                   for p, s in zip(prompts, skipped)]  # layers 0 and 3 dense, 1 and 2 MoD
-    dense_tflops = [layers * layer_flops(len(p), d, f) / 1e12 for p in prompts]
+    dense_tflops = [layers * layer_flops(len(p), d, f, kv) / 1e12 for p in prompts]
     assert report["tflops_per_sample"] == pytest.approx(sum(mod_tflops) / 3, rel=1e-9)
     assert report["dense_tflops_per_sample"] == pytest.approx(sum(dense_tflops) / 3, rel=1e-9)
     assert report["prefill_tokens_per_sample"] == pytest.approx(sum(map(len, prompts)) / 3)
