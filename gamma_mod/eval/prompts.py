@@ -17,7 +17,7 @@ scripts/v1_5/eval_full/*.sh with `--conv-mode vicuna_v1 --temperature 0`), forks
 - model_vqa (MM-Vet): "<image>\\n" + the text, verbatim. 64 tokens (γ-MoD) / 1024 (LLaVA-1.5).
 
 Every prompt then goes through the `vicuna_v1` template and LLaVA's chunk-wise tokenization
-(gamma_mod.data.preprocess.encode_prompt); greedy decoding, 1 beam. Deliberate deviation: γ-MoD's
+(the model's processor, gamma_mod.data.processor); greedy decoding, 1 beam. Deliberate deviation: γ-MoD's
 scripts stop after the first 20000 questions (`max_samples`; VQAv2 test-dev has 107394); we answer
 all. MMBench's `--all-rounds` (circular rotation) and the Chinese instruction are not reproduced
 (no official script passes them for MMBench-en).
@@ -147,36 +147,25 @@ def read_mmbench_questions(tsv: str | Path, single_pred_prompt: bool = False) ->
 def prompts_from_dataset(model_dir: str, data_json: str, image_folder: str | None, num_samples: int,
                          template: str = "vicuna_v1"):
     """Real prompts for the speed report: the first questions of a LLaVA-format file (their image
-    tag moved first, as training sees them), left-padded. Returns SpeedInputs.
+    tag moved first, as training sees them), posed by the model's processor, left-padded. Returns SpeedInputs.
 
     torch and the model stack are imported here: the question readers above stay light."""
-    import torch
-    from transformers import AutoConfig
-
-    from ..data.dataset import open_image
     from ..data.formats import DataError, read_records, record_id
-    from ..data.preprocess import encode_prompt, record_turns
-    from ..data.templates import get_template
-    from ..data.tokenizer import load_tokenizer
-    from ..model.vision import ImageProcessor
-    from .answer import left_pad
+    from ..data.images import open_image
+    from ..data.preprocess import record_turns
+    from ..data.processor import get_processor
     from .speed import SpeedInputs
 
-    config = AutoConfig.from_pretrained(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    processor = ImageProcessor.from_model_config(config)
+    processor = get_processor(model_dir, template=template)
     records = [(i, r) for i, r in enumerate(read_records(data_json)) if isinstance(r, dict) and r.get("image")]
     records = records[:num_samples]
     if not records:
         raise DataError("no records with an image", "no usable records", source=data_json)
-    prompts, pixels = [], []
+    features = []
     for i, r in records:
-        prompts.append(encode_prompt(tokenizer, get_template(template), record_turns(r)[0][0],
-                                     config.num_image_tokens))
         try:
-            pixels.append(processor(open_image(Path(image_folder or ".") / r["image"], record_id(r, i))))
+            image = open_image(Path(image_folder or ".") / r["image"], record_id(r, i))
         except DataError as e:
             raise e.located(data_json) from None
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    return SpeedInputs(ids, mask, torch.stack(pixels))
-
+        features.append(processor.encode_prompt(record_turns(r)[0][0], image=image))
+    return SpeedInputs.from_batch(processor.collate(features, padding_side="left"))
