@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError, UsageError
+from .answer import question_features
 from .flops import decoder_tflops, tflops_from_layer_tokens
 
 
@@ -191,8 +192,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def question_inputs(processor, questions) -> SpeedInputs:
     """Prompts of benchmark questions, posed by the model's processor and left-padded, for timing."""
-    from .answer import question_features
-
     return SpeedInputs.from_batch(processor.collate([question_features(processor, q) for q in questions],
                                                     padding_side="left"))
 
