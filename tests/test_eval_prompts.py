@@ -111,7 +111,7 @@ SQA = [
 
 def test_scienceqa_prompt_and_text_only_questions(tok, tmp_path, caplog):
     (tmp_path / scienceqa.QUESTIONS).write_text(json.dumps(SQA))
-    with caplog.at_level("INFO", logger="gamma_mod.eval.prompts"):
+    with caplog.at_level("INFO", logger="gamma_mod.eval.scorers.scienceqa"):
         questions = read_benchmark_questions(SCORERS["scienceqa"], tmp_path)
     # γ-MoD's model_vqa_science skips the text-only question; tag moved first, stripped, letter instruction
     assert [q.question_id for q in questions] == ["img-1"]

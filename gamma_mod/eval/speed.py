@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError, UsageError
+from .answer import question_features
 from .flops import decoder_shape, decoder_tflops, tflops_from_layer_tokens
 
 
@@ -26,6 +27,11 @@ class SpeedInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor | None
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> "SpeedInputs":
+        """A processor's left-padded collate output (`processor.collate(features, padding_side="left")`)."""
+        return cls(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"))
 
 
 @dataclass
@@ -182,6 +188,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune", action="append", default=[], metavar="SPEC",
                         help="one more row: the dense model with a token pruner (gamma_mod.prune), e.g. "
                              "fastv:K=2,R=0.5 or pdrop:layers=8,16,24,lambda=0.5; repeatable")
+
+
+def question_inputs(processor, questions) -> SpeedInputs:
+    """Prompts of benchmark questions, posed by the model's processor and left-padded, for timing."""
+    return SpeedInputs.from_batch(processor.collate([question_features(processor, q) for q in questions],
+                                                    padding_side="left"))
 
 
 def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedInputs:
