@@ -46,6 +46,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+
 from ..mod.config import ModConfig, ModConfigError
 from ..mod.convert import register_converter
 from ..mod.layer import ModContextHolder, ModForwardContext, RoutingCounts, is_mod_layer, mod_layer_class
@@ -315,7 +317,21 @@ _TWINS: dict[str, tuple[type, type]] = {
     QWEN3_VL.name: (GammaModQwen3VLConfig, GammaModQwen3VLForConditionalGeneration),
 }
 
+def _register_key_mappings(config_class: type, model_class: type) -> None:
+    """Give the twin the checkpoint key mappings transformers applies to the plain family (keyed by class
+    name or model_type; e.g. Qwen2.5-VL folders store `model.layers.*` for `model.language_model.layers.*`),
+    so that a twin saves the family's own layout and loads it back."""
+    family = config_class.family
+    pairs = [(model_class.__name__, family.hf_model_class_name)]
+    pairs += [(config_class.model_type, plain) for plain in family.hf_model_types]
+    for ours, plain in pairs:
+        mapping = get_checkpoint_conversion_mapping(plain)
+        if mapping is not None and get_checkpoint_conversion_mapping(ours) is None:
+            register_checkpoint_conversion_mapping(ours, mapping)
+
+
 for _config_class, _model_class in _TWINS.values():
+    _register_key_mappings(_config_class, _model_class)
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModelForImageTextToText.register(_config_class, _model_class, exist_ok=True)
     AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
