@@ -163,7 +163,8 @@ def test_plain_folder_converts_and_mod_round_trips_through_auto_classes(family, 
         expected = mod(**inputs).logits
     mod.save_pretrained(tmp_path / "mod")
     config = json.loads((tmp_path / "mod" / "config.json").read_text())
-    assert config["model_type"] == f"gamma_mod_{family.replace('_hf', '')}" and config["mod"]["mod_layers_idx"] == [1, 2]
+    assert config["model_type"] == f"gamma_mod_{family.replace('_hf', '')}"
+    assert config["mod"]["mod_layers_idx"] == [1, 2]
     with safe_open(str(tmp_path / "mod" / "model.safetensors"), framework="pt") as f:
         routers = sorted(k for k in f.keys() if ".router." in k)
     assert len(routers) == 2 and {k.split(".layers.")[1].split(".")[0] for k in routers} == {"1", "2"}

@@ -89,7 +89,8 @@ def capture_attention(model, sink: AttentionSink) -> Iterator[None]:
     mod_layers = [i for i, layer in enumerate(layers) if is_mod_layer(layer)]
     if mod_layers:
         # The kept-token attention of MoD layers sees a subsequence: not the map ARank measures.
-        raise ValueError(f"ARank is measured on the dense (stage-1) model; this model already has MoD layers {mod_layers}")
+        raise ValueError(f"ARank is measured on the dense (stage-1) model; this model already has MoD layers "
+                         f"{mod_layers}")
     state: dict[str, torch.Tensor | None] = {"mask": None}
 
     def read_mask(module, args, kwargs):

@@ -78,7 +78,8 @@ class ModFamilyConfigMixin:
         if mod is None:
             return None
         if mod.official:
-            why = "mod.compat 'official'" if mod.compat == "official" else f"mod.mod_mode {mod.mod_mode!r} (official-only)"
+            why = ("mod.compat 'official'" if mod.compat == "official"
+                   else f"mod.mod_mode {mod.mod_mode!r} (official-only)")
             raise ModConfigError(
                 f"{why}: the official gamma-MoD behaviour (fixed routable region, renumbered positions) exists only "
                 f"for the LLaVA fork (llava_llama); {self.family.name} models route as 'ours' (use mod.compat 'ours', "

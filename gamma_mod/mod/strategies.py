@@ -15,7 +15,14 @@ from torch import nn
 
 from .config import ModConfig
 from .router import PModRouter, TokenRouter
-from .routing import media_token_mask, ranked_keep_mask, routable_token_mask, topk_keep_mask, topk_skip_counts, truncated_keep_count
+from .routing import (
+    media_token_mask,
+    ranked_keep_mask,
+    routable_token_mask,
+    topk_keep_mask,
+    topk_skip_counts,
+    truncated_keep_count,
+)
 
 
 class RoutingStrategy:
