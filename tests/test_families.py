@@ -246,3 +246,19 @@ def test_mod_layers_use_sdpa_where_the_model_uses_flash_attention():
     layer = get_family(mod).decoder_layers(mod)[1]
     assert is_mod_layer(layer) and isinstance(layer.self_attn.config, _SdpaForFlashConfig)
     assert copy.deepcopy(mod).mod_layer_indices == [1]
+
+
+def test_gradient_checkpointing_recompute_sees_the_forwards_context():
+    """The holder's context is bound when a MoD layer is called, so the backward-pass recompute (after the
+    model's forward has cleared the holder) routes exactly as the forward did."""
+    mod = convert_to_mod(tiny_model("qwen3_vl"), [1, 2], 0.5).train()
+    inputs = batch("qwen3_vl", [image_sample("qwen3_vl", 1, seed=7)])
+    plain_run = mod(**inputs, labels=inputs["input_ids"])
+    plain_run.loss.backward()
+    expected = mod.mod_layers()[0].router.weight.grad.clone()
+    mod.zero_grad()
+    mod.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = mod(**inputs, labels=inputs["input_ids"], use_cache=False)
+    checkpointed.loss.backward()
+    assert torch.allclose(checkpointed.loss, plain_run.loss)
+    assert torch.allclose(mod.mod_layers()[0].router.weight.grad, expected, atol=1e-6)
