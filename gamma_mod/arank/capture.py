@@ -4,7 +4,10 @@ SDPA and flash attention never materialise the probabilities, and switching the 
 attention (or patching its forward, as the official code does) changes what is measured and breaks
 ordinary forwards. Instead a forward pre-hook on each layer's `self_attn` receives exactly what the
 attention receives — the normed hidden states and the RoPE tables (cos, sin) — and recomputes
-q, k with the layer's own projections: softmax(q k^T * scaling + causal mask) in fp32. The hook
+q, k with the layer's own projections (and its per-head q/k norms where it has them: Qwen3-VL;
+grouped-query attention repeats k per query head): softmax(q k^T * scaling + causal mask) in fp32.
+Works on every model family (gamma_mod/families: the decoder layers are found through the adapter;
+the rotary tables the layers receive are (B, T, D) for Qwen's M-RoPE too). The hook
 returns None, so the model's own computation runs unchanged whatever kernel is configured.
 
 Padding: a pre-hook on the decoder stack reads the forward's 2-D attention mask; each sample's
@@ -22,6 +25,9 @@ from contextlib import contextmanager
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
+from ..families import get_family
+from ..mod.layer import is_mod_layer
+
 # Called with (layer_idx, sample_idx_in_batch, probs (H, t, t)) for every layer and sample of a forward.
 AttentionSink = Callable[[int, int, torch.Tensor], None]
 
@@ -30,8 +36,13 @@ def attention_probs(attn, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor, tor
     """(B, t, C) normed hidden states of contiguous real tokens -> (B, H, t, t) causal probabilities in fp32."""
     batch, length, _ = hidden.shape
     shape = (batch, length, -1, attn.head_dim)
-    q = attn.q_proj(hidden).view(shape).transpose(1, 2)  # (B, H, t, D)
-    k = attn.k_proj(hidden).view(shape).transpose(1, 2)  # (B, H_kv, t, D)
+    q = attn.q_proj(hidden).view(shape)  # (B, t, H, D)
+    k = attn.k_proj(hidden).view(shape)  # (B, t, H_kv, D)
+    if getattr(attn, "q_norm", None) is not None:  # per-head RMSNorm before RoPE (Qwen3)
+        q = attn.q_norm(q)
+    if getattr(attn, "k_norm", None) is not None:
+        k = attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, t, D), (B, H_kv, t, D)
     cos, sin = cos_sin
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k = repeat_kv(k, attn.num_key_value_groups)  # grouped-query attention: one k per query head
@@ -66,18 +77,20 @@ def _select(table: torch.Tensor, b: int, block: slice) -> torch.Tensor:
 
 @contextmanager
 def capture_attention(model, sink: AttentionSink) -> Iterator[None]:
-    """While active, every forward of `model` (a dense LlavaLlamaForCausalLM) feeds `sink`.
+    """While active, every forward of `model` (a dense model of any family: our LlavaLlamaForCausalLM,
+    or a Hugging Face family's ForConditionalGeneration) feeds `sink`.
 
     Meant for whole-sequence forwards (no KV cache): with a cache the hook sees only the new
     tokens and the map would miss the cached keys, so that case is refused.
     """
-    from ..mod.layer import MoDDecoderLayer
-
-    decoder = model.model
-    if any(isinstance(layer, MoDDecoderLayer) for layer in decoder.layers):
-        # MoD layers run their own attention on the kept tokens and never call self_attn's forward.
-        raise ValueError("ARank is measured on the dense (stage-1) model; this model already has MoD layers "
-                         f"{decoder.mod_layer_indices}")
+    family = get_family(model)
+    decoder = family.language_model(model)  # its forward receives the 2-D attention mask
+    layers = family.decoder_layers(model)
+    mod_layers = [i for i, layer in enumerate(layers) if is_mod_layer(layer)]
+    if mod_layers:
+        # The kept-token attention of MoD layers sees a subsequence: not the map ARank measures.
+        raise ValueError(f"ARank is measured on the dense (stage-1) model; this model already has MoD layers "
+                         f"{mod_layers}")
     state: dict[str, torch.Tensor | None] = {"mask": None}
 
     def read_mask(module, args, kwargs):
@@ -98,7 +111,7 @@ def capture_attention(model, sink: AttentionSink) -> Iterator[None]:
 
     handles = [decoder.register_forward_pre_hook(read_mask, with_kwargs=True)]
     try:
-        for idx, layer in enumerate(decoder.layers):
+        for idx, layer in enumerate(layers):
             handles.append(layer.self_attn.register_forward_pre_hook(
                 lambda m, a, k, idx=idx: layer_hook(m, a, k, idx), with_kwargs=True))
         yield

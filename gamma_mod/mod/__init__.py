@@ -1,6 +1,7 @@
 from .config import ModConfig
-from .layer import MoDDecoderLayer, ModForwardContext
+from .layer import MoDDecoderLayer, MoDLayerMixin, ModContextHolder, ModForwardContext, is_mod_layer, mod_layer_class
 from .router import TokenRouter
 from .routing import routable_token_mask, topk_keep_mask
 
-__all__ = ["ModConfig", "MoDDecoderLayer", "ModForwardContext", "TokenRouter", "routable_token_mask", "topk_keep_mask"]
+__all__ = ["ModConfig", "ModContextHolder", "MoDDecoderLayer", "MoDLayerMixin", "ModForwardContext", "TokenRouter",
+           "is_mod_layer", "mod_layer_class", "routable_token_mask", "topk_keep_mask"]
