@@ -26,8 +26,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
-import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -51,6 +49,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from ..mod.config import ModConfig, ModConfigError
 from ..mod.convert import register_converter
 from ..mod.layer import ModContextHolder, ModForwardContext, RoutingCounts, is_mod_layer, mod_layer_class
+from ..mod.router import load_shared_router
 from ..mod.strategies import build_strategy, prd_retention_for
 from ..model.llava_llama import is_router_key, read_router_weights
 from .base import FamilyAdapter
@@ -60,9 +59,6 @@ from .qwen2_5_vl import QWEN2_5_VL
 from .qwen3_vl import QWEN3_VL
 
 logger = logging.getLogger(__name__)
-_ROUTER_KEY = re.compile(r"^(.*\.layers)\.(\d+)\.router\.(.+)$")
-
-
 # -- configs -------------------------------------------------------------------------------------
 class ModFamilyConfigMixin:
     """The `mod` section on a family config (each concrete class declares the `mod` field)."""
@@ -269,25 +265,7 @@ class ModFamilyModelMixin:
         mod = self.config.mod_config()
         if mod is None or not mod.shared_router or not router_weights:
             return
-        copies: dict[int, dict[str, torch.Tensor]] = {}  # layer -> {parameter name inside the router: tensor}
-        for key, value in router_weights.items():
-            match = _ROUTER_KEY.match(key)
-            if match is not None:
-                copies.setdefault(int(match.group(2)), {})[match.group(3)] = value
-        if not copies:
-            return
-        layers = sorted(copies)
-        first = copies[layers[0]]
-        differing = [i for i in layers[1:] if copies[i].keys() != first.keys()
-                     or any(not torch.equal(copies[i][name], first[name]) for name in first)]
-        if differing:
-            warnings.warn(f"the checkpoint's shared-router copies differ ({len(differing)} of {len(layers)} differ "
-                          f"from layer {layers[0]}'s); using layer {layers[0]}'s for every MoD layer", stacklevel=2)
-        router = self.mod_layers()[0].router
-        with torch.no_grad():
-            for name, param in router.named_parameters():
-                if name in first:
-                    param.copy_(first[name].to(param.dtype))
+        load_shared_router(self.mod_layers()[0].router, router_weights)
 
 
 class GammaModLlavaForConditionalGeneration(ModFamilyModelMixin, LlavaForConditionalGeneration):

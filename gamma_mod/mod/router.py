@@ -12,6 +12,10 @@ The p-MoD names and parameterisation are those of MCG-NJU/p-MoD
 
 from __future__ import annotations
 
+import contextlib
+import re
+import warnings
+
 import torch
 from torch import nn
 
@@ -65,3 +69,38 @@ class PModRouter(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> router logit (B, T)."""
         return self.router(hidden_states.to(self.router.weight.dtype)).squeeze(-1)
+
+
+_ROUTER_KEY = re.compile(r"^(.*\.layers)\.(\d+)\.router\.(.+)$")
+
+
+def load_shared_router(router: nn.Module, router_weights: dict[str, torch.Tensor]) -> None:
+    """Load a shared router from a checkpoint's per-layer copies (`...layers.{i}.router.*`, as the released
+    checkpoints store it): the lowest MoD layer's copy wins; copies that differ from it are warned about."""
+    copies: dict[int, dict[str, torch.Tensor]] = {}  # layer -> {parameter name inside the router: tensor}
+    for key, value in router_weights.items():
+        match = _ROUTER_KEY.match(key)
+        if match is not None:
+            copies.setdefault(int(match.group(2)), {})[match.group(3)] = value
+    if not copies:
+        return
+    layers = sorted(copies)
+    first = copies[layers[0]]
+    differing = [i for i in layers[1:] if copies[i].keys() != first.keys()
+                 or any(not torch.equal(copies[i][name], first[name]) for name in first)]
+    if differing:
+        warnings.warn(f"the checkpoint's shared-router copies differ ({len(differing)} of {len(layers)} differ from "
+                      f"layer {layers[0]}'s); using layer {layers[0]}'s for every MoD layer", stacklevel=3)
+    for name, param in router.named_parameters():
+        if name in first:
+            with gathered_for_write(param), torch.no_grad():
+                param.copy_(first[name].to(param.dtype))
+
+
+def gathered_for_write(param: torch.nn.Parameter):
+    """Under DeepSpeed ZeRO-3 a parameter is partitioned (shape 0) until gathered; write on rank 0."""
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
+    return contextlib.nullcontext()

@@ -163,7 +163,7 @@ def check_clip_config(folder: str | os.PathLike, config) -> None:
 # -- copying ------------------------------------------------------------------------------------------
 def _write(param: torch.nn.Parameter, tensor: torch.Tensor, rows: int | None = None) -> None:
     """param <- tensor (or its first `rows` rows <- tensor, the rest <- the mean row)."""
-    from .llava_llama import gathered_for_write
+    from ..mod.router import gathered_for_write
 
     with gathered_for_write(param), torch.no_grad():
         if rows is None:

@@ -9,7 +9,6 @@ inside the model (no LLaVA-style re-padding).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import logging
@@ -27,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from ..mod.layer import ModForwardContext, MoDDecoderLayer, RoutingCounts
-from ..mod.router import TokenRouter, ZeroInitLinear
+from ..mod.router import TokenRouter, ZeroInitLinear, gathered_for_write, load_shared_router  # noqa: F401
 from ..mod.strategies import build_strategy
 from ..prune import TokenPruner
 from ..prune.session import PruneSession
@@ -261,23 +260,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         mod = self.config.mod_config()
         if mod is None or not mod.shared_router or not router_weights:
             return
-        copies: dict[int, dict[str, torch.Tensor]] = {}  # layer -> {parameter name inside the router: tensor}
-        for key, value in router_weights.items():
-            copies.setdefault(int(key.split(".")[2]), {})[key.split(".router.", 1)[1]] = value
-        layers = sorted(copies)
-        first = copies[layers[0]]
-        differing = [i for i in layers[1:] if copies[i].keys() != first.keys()
-                     or any(not torch.equal(copies[i][name], first[name]) for name in first)]
-        if differing:
-            warnings.warn(
-                f"the checkpoint's shared-router copies differ ({len(differing)} of {len(layers)} differ from layer "
-                f"{layers[0]}'s); using layer {layers[0]}'s for every MoD layer", stacklevel=2,
-            )
-        router = self.model.layers[self.model.mod_layer_indices[0]].router
-        for name, param in router.named_parameters():
-            if name in first:
-                with gathered_for_write(param), torch.no_grad():
-                    param.copy_(first[name].to(param.dtype))
+        load_shared_router(self.model.layers[self.model.mod_layer_indices[0]].router, router_weights)
 
     def set_pruner(self, spec: str | dict | TokenPruner | None) -> None:
         """Switch the inference-time token pruner ("fastv:K=2,R=0.5", a dict, a pruner, or None); the
@@ -354,15 +337,6 @@ class ModLlavaLlamaForCausalLM(LlavaLlamaForCausalLM):
     """Entry for configs with the official `model_type: mod_llava_llama`."""
 
     config_class = ModLlavaLlamaConfig
-
-
-def gathered_for_write(param: torch.nn.Parameter):
-    """Under DeepSpeed ZeRO-3 a parameter is partitioned (shape 0) until gathered; write on rank 0."""
-    if hasattr(param, "ds_id"):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
-    return contextlib.nullcontext()
 
 
 def read_router_weights(folder: str) -> dict[str, torch.Tensor]:
