@@ -69,7 +69,7 @@ def build_layers(shape: Shape, ratio: float, device, dtype, attn_implementation:
     config = LlavaLlamaConfig(hidden_size=shape.hidden, intermediate_size=shape.ffn, num_attention_heads=shape.heads,
                               num_key_value_heads=shape.heads, num_hidden_layers=2, vocab_size=32)
     config._attn_implementation = attn_implementation  # both layers use the same attention kernel
-    mod = ModConfig(mod_layers_idx=[1], capacity_factor=ratio, router_weighting="prob")
+    mod = ModConfig(mod_layers_idx=[1], skip_ratio=ratio, router_weighting="prob")
     strategy = build_strategy(mod)
     torch.manual_seed(0)
     dense = LlamaDecoderLayer(config, 1)

@@ -58,7 +58,7 @@ def build_pair(shape: str, ratio: float, device, dtype):
     n_dense = max(2, round(4 * n / 32))
     dense_layers = set(range(n_dense - 1)) | {n - 1}
     mod_layers = [i for i in range(n) if i not in dense_layers]
-    mod = convert_to_mod(copy.deepcopy(dense), mod_layers, routing_ratio=ratio).eval()
+    mod = convert_to_mod(copy.deepcopy(dense), mod_layers, skip_ratio=ratio).eval()
     return dense, mod
 
 

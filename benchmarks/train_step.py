@@ -82,7 +82,7 @@ def build_models(layout: Layout, ratio: float, device, dtype):
         dense = LlavaLlamaForCausalLM(config).to(dtype)
     n = config.num_hidden_layers
     mod_layers = [i for i in range(n) if i not in layout.dense_layers]
-    mod = convert_to_mod(copy.deepcopy(dense), mod_layers, routing_ratio=ratio)
+    mod = convert_to_mod(copy.deepcopy(dense), mod_layers, skip_ratio=ratio)
     for model in (dense, mod):
         model.train()
         model.model.vision_tower.requires_grad_(False)  # gamma-MoD SFT: the vision tower stays frozen

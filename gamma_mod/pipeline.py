@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, UsageError
+from .mod.strategies import ROUTING_STRATEGIES
 from .packaged import resolve_config
 
 logger = logging.getLogger("gamma_mod.pipeline")
@@ -43,8 +44,9 @@ class PipelineReport:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="run folder (resumable)")
-    parser.add_argument("--strategy", default="gamma", choices=["gamma", "pmod"])
-    parser.add_argument("--routing-ratio", type=float, default=0.5, help="fraction of routable tokens skipped")
+    parser.add_argument("--strategy", default="gamma", choices=list(ROUTING_STRATEGIES), help="routing strategy")
+    parser.add_argument("--skip-ratio", "--routing-ratio", dest="skip_ratio", type=float, default=0.5,
+                        help="fraction of routable tokens skipped (--routing-ratio is the old name)")
     parser.add_argument("--k-dense", type=int, default=None,
                         help="dense layers: first, last, then the highest ARank (default: the paper's 4 of 32 "
                              "scaled to the model's depth, at least 2)")
@@ -86,9 +88,9 @@ def step(title: str):
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Every flag, before the run folder is created or touched."""
-    if not 0.0 <= args.routing_ratio < 1.0:
-        raise UsageError(f"--routing-ratio is the fraction of routable tokens skipped and must be in [0, 1), "
-                         f"got {args.routing_ratio}")
+    if not 0.0 <= args.skip_ratio < 1.0:
+        raise UsageError(f"--skip-ratio is the fraction of routable tokens skipped and must be in [0, 1), "
+                         f"got {args.skip_ratio}")
     if args.k_dense is not None and args.k_dense < 2:
         raise UsageError(f"--k-dense must be >= 2 (the first and the last layer stay dense), got {args.k_dense}")
     for flag in ("arank_samples", "eval_samples", "captions", "vqa_train", "vqa_test"):
@@ -149,10 +151,10 @@ def run(args: argparse.Namespace) -> int:
         step("3/6 p-MoD: progressive ratio decay picks the layers (no ARank pass)")
         mod_layers = None
 
-    t = step(f"4/6 convert to MoD ({args.strategy}, skip ratio {args.routing_ratio})")
+    t = step(f"4/6 convert to MoD ({args.strategy}, skip ratio {args.skip_ratio})")
     converted = out / f"converted_{args.strategy}"
     if not _done(converted):
-        convert_folder(sft, converted, mod_layers, args.routing_ratio, args.strategy)
+        convert_folder(sft, converted, mod_layers, args.skip_ratio, args.strategy)
     timings["convert"] = time.perf_counter() - t
 
     t = step(f"5/6 MoD SFT and the same extra SFT for the dense baseline ({args.adapt_epochs} epoch)")
@@ -260,7 +262,7 @@ def convert_folder(source: Path, out: Path, layers: list[int] | None, ratio: flo
     from .mod.convert import convert_to_mod
 
     model = LlavaLlamaForCausalLM.from_pretrained(source)
-    convert_to_mod(model, layers, routing_ratio=ratio, strategy=strategy)
+    convert_to_mod(model, layers, skip_ratio=ratio, strategy=strategy)
     model.save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (source / name).exists():

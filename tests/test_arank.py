@@ -232,7 +232,7 @@ def test_compute_arank_stops_at_num_samples_and_routes_images():
 def test_mod_model_is_refused():
     from gamma_mod.mod.convert import convert_to_mod
 
-    m = convert_to_mod(model(), [1, 2], routing_ratio=0.5)
+    m = convert_to_mod(model(), [1, 2], skip_ratio=0.5)
     with pytest.raises(ValueError, match="dense"), capture_attention(m, lambda *a: None):
         pass
 
@@ -273,13 +273,13 @@ def test_selection_fraction_explicit_and_errors():
     assert select_mod_layers(arank, k_dense=0) == [1, 2, 3, 4]  # forced layers stay dense anyway
     assert select_mod_layers(arank, "explicit", layers=[5, 1], keep_first_last_dense=False) == [1, 5]
     for kwargs, message in [
-        (dict(strategy="explicit", layers=[0, 1]), "layer 0"),
-        (dict(strategy="explicit", layers=[5]), "last layer"),
-        (dict(strategy="explicit", layers=[6]), "out of range"),
-        (dict(strategy="explicit"), "needs `layers`"),
-        (dict(strategy="fraction"), "fraction"),
+        (dict(selection="explicit", layers=[0, 1]), "layer 0"),
+        (dict(selection="explicit", layers=[5]), "last layer"),
+        (dict(selection="explicit", layers=[6]), "out of range"),
+        (dict(selection="explicit"), "needs `layers`"),
+        (dict(selection="fraction"), "fraction"),
         (dict(k_dense=7), "k_dense"),
-        (dict(strategy="lowest"), "unknown selection strategy"),
+        (dict(selection="lowest"), "unknown layer selection"),
     ]:
         with pytest.raises(ValueError, match=message):
             select_mod_layers(arank, **kwargs)
@@ -335,11 +335,11 @@ def test_convert_cli_output_loads_with_mod_layers(model_folder, capsys):
     dense, out = model_folder / "dense", model_folder / "mod"
     # k_dense=3: 0 and 3 forced, then the highest of {1: 2.0, 2: 8.0} -> layer 1 alone becomes MoD.
     assert main(["convert", "--model", str(dense), "--arank", str(model_folder / "arank.json"),
-                 "--routing-ratio", "0.34", "--k-dense", "3", "--out", str(out)]) == 0
+                 "--skip-ratio", "0.34", "--k-dense", "3", "--out", str(out)]) == 0
     loaded = LlavaLlamaForCausalLM.from_pretrained(out)
     assert loaded.model.mod_layer_indices == [1]
     assert isinstance(loaded.model.layers[1], MoDDecoderLayer)
-    assert loaded.config.mod_config().capacity_factor == pytest.approx(0.34)
+    assert loaded.config.mod_config().skip_ratio == pytest.approx(0.34)
     source = LlavaLlamaForCausalLM.from_pretrained(dense)
     assert torch.equal(loaded.model.layers[1].mlp.up_proj.weight, source.model.layers[1].mlp.up_proj.weight)
     assert (out / "tokenizer.json").exists() and (out / "tokenizer_config.json").exists()
@@ -352,7 +352,7 @@ def test_convert_cli_output_loads_with_mod_layers(model_folder, capsys):
     assert "gamma-mod convert: error: layer 3 is the last layer" in capsys.readouterr().err
     assert main(["convert", "--model", str(dense), "--out", str(model_folder / "mod4")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "gamma-mod convert: error: --arank is required (or --layers, or --mod-strategy pmod)")
+        "gamma-mod convert: error: --arank is required (or --layers, or --strategy pmod)")
     assert not (model_folder / "mod3").exists() and not (model_folder / "mod4").exists()
 
 

@@ -104,7 +104,7 @@ def test_save_load_round_trip_and_mod_conversion(name, mod, tmp_path):
     if mod:
         with torch.no_grad():
             dense = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
-        convert_to_mod(model, [1, 2], routing_ratio=0.5)
+        convert_to_mod(model, [1, 2], skip_ratio=0.5)
         assert model.model.mod_layer_indices == [1, 2]
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)

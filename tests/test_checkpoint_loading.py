@@ -77,8 +77,8 @@ def official_config(model) -> dict:
         data.update(model_type="mod_llava_llama" if c.mod else "llava_llama",
                     mm_vision_tower="openai/clip-vit-large-patch14-336")
     if c.mod:
-        data["mod"] = {k: c.mod[k] for k in ("mod_enable", "mod_mode", "mod_layers_idx", "capacity_factor",
-                                              "router_aux_loss_coef")}
+        data["mod"] = {k: c.mod[k] for k in ("mod_enable", "mod_mode", "mod_layers_idx", "router_aux_loss_coef")}
+        data["mod"]["capacity_factor"] = c.mod["skip_ratio"]  # the released files' name
     return data
 
 
@@ -102,7 +102,7 @@ def source_model(name: str, mod: bool) -> LlavaLlamaForCausalLM:
         for p in model.model.vision_tower.parameters():
             p.add_(0.01 * torch.randn_like(p))
     if mod:
-        convert_to_mod(model, [1, 2], routing_ratio=0.5)
+        convert_to_mod(model, [1, 2], skip_ratio=0.5)
     return model
 
 

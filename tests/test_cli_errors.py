@@ -78,7 +78,7 @@ def env(tmp_path_factory) -> Env:
     model = build_model(str(spec), **model_token_ids(tokenizer))
     model.save_pretrained(root / "dense")
     tokenizer.save_pretrained(root / "dense")
-    convert_to_mod(model, [1], routing_ratio=0.5).save_pretrained(root / "mod")
+    convert_to_mod(model, [1], skip_ratio=0.5).save_pretrained(root / "mod")
     tokenizer.save_pretrained(root / "mod")
 
     train_yaml = root / "train.yaml"
@@ -168,9 +168,9 @@ CASES = {
                           lambda e: r"optim: unknown keys \['lrr'\]"),
     "train-bad-value": (2, lambda e: (_train(e, e.root / "o", "optim.lr=fast"), e.root / "o"),
                         lambda e: r"optim.lr: expected float, got 'fast'"),
-    "train-routing-ratio": (2, lambda e: (_train(e, e.root / "o", "mod.layers=[1]", "mod.routing_ratio=1.5"),
+    "train-routing-ratio": (2, lambda e: (_train(e, e.root / "o", "mod.layers=[1]", "mod.skip_ratio=1.5"),
                                           e.root / "o"),
-                            lambda e: r"mod.routing_ratio .* must be in \[0, 1\), got 1.5"),
+                            lambda e: r"mod.skip_ratio .* must be in \[0, 1\), got 1.5"),
     "train-missing-model-folder": (2, lambda e: (_train(e, e.root / "o", f"model.init={e.root / 'nosuch'}"),
                                                  e.root / "o"),
                                    lambda e: rf"model.init: no model folder at {re.escape(str(e.root / 'nosuch'))} "
@@ -209,9 +209,9 @@ CASES = {
     "convert-missing-model-folder": (2, lambda e: (["convert", "--model", e.root / "nosuch", "--layers", "1", "--out",
                                                     e.root / "o"], e.root / "o"),
                                      lambda e: rf"--model: no model folder at .*nosuch {re.escape(NO_MODEL)}"),
-    "convert-routing-ratio": (2, lambda e: (["convert", "--model", e.dense, "--layers", "1", "--routing-ratio", "1.5",
+    "convert-routing-ratio": (2, lambda e: (["convert", "--model", e.dense, "--layers", "1", "--skip-ratio", "1.5",
                                              "--out", e.root / "o"], e.root / "o"),
-                              lambda e: r"--routing-ratio .* must be in \[0, 1\), got 1.5"),
+                              lambda e: r"--skip-ratio .* must be in \[0, 1\), got 1.5"),
     "convert-bad-layers": (2, lambda e: (["convert", "--model", e.dense, "--layers", "1,x", "--out", e.root / "o"],
                                          e.root / "o"),
                            lambda e: r"--layers must be comma-separated integers, got '1,x'"),
@@ -304,9 +304,9 @@ CASES = {
                                                   e.root / "nodir" / "s.png"], e.root),
                                    lambda e: r"--out .*nodir/s.png: needs an existing folder"),
     # pipeline
-    "pipeline-routing-ratio": (2, lambda e: (["pipeline", "--out", e.root / "o", "--routing-ratio", "1.5"],
+    "pipeline-routing-ratio": (2, lambda e: (["pipeline", "--out", e.root / "o", "--skip-ratio", "1.5"],
                                              e.root / "o"),
-                               lambda e: r"--routing-ratio .* must be in \[0, 1\), got 1.5"),
+                               lambda e: r"--skip-ratio .* must be in \[0, 1\), got 1.5"),
     "pipeline-unknown-model-spec": (2, lambda e: (["pipeline", "--out", e.root / "o", "--model", "no_such_spec"],
                                                   e.root / "o"),
                                     lambda e: r"--model: model config 'no_such_spec': no such file"),
@@ -528,13 +528,13 @@ def test_issue5_no_traceback_unless_debug(env, tmp_path, capsys, monkeypatch):
     code, err = run_cli(argv + ["--debug"], capsys)
     assert code == 1 and "Traceback" in err and "DataError" in err
     assert err.strip().splitlines()[-1] == message
-    ratio = ["convert", "--model", env.dense, "--layers", "1", "--routing-ratio", "1.5", "--out", out]
+    ratio = ["convert", "--model", env.dense, "--layers", "1", "--skip-ratio", "1.5", "--out", out]
     code, err = run_cli(["--debug", *ratio], capsys)
     assert code == 2 and "Traceback" in err and "UsageError" in err
     monkeypatch.setenv("GAMMA_MOD_DEBUG", "1")
     code, err = run_cli(ratio, capsys)
     assert code == 2 and "Traceback" in err
-    assert err.strip().splitlines()[-1].startswith("gamma-mod convert: error: --routing-ratio is the fraction")
+    assert err.strip().splitlines()[-1].startswith("gamma-mod convert: error: --skip-ratio is the fraction")
     monkeypatch.setenv("GAMMA_MOD_DEBUG", "0")
     code, err = run_cli(ratio, capsys)
     assert code == 2 and "Traceback" not in err
@@ -601,7 +601,7 @@ def test_issue6_train_loss_covers_the_whole_run_after_resume(env, tmp_path, capl
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.tokenizer=null"], r"model.tokenizer is required when neither model.init nor model.llm is set"),
-    (["mod.layers=[1]", "mod.routing_ratio=1.5"], r"mod.routing_ratio .* got 1.5"),
+    (["mod.layers=[1]", "mod.skip_ratio=1.5"], r"mod.skip_ratio .* got 1.5"),
     (["optim.lr_scheduler=cosinee"], r"cosinee is not a valid SchedulerType"),
     (["stage=sft"], r"stage must be one of"),
 ])

@@ -37,7 +37,7 @@ def folders(tmp_path_factory):
                         **model_token_ids(tokenizer))
     dense.save_pretrained(root / "dense")
     tokenizer.save_pretrained(root / "dense")
-    convert_to_mod(copy.deepcopy(dense), [1, 2], routing_ratio=0.5).save_pretrained(root / "mod")
+    convert_to_mod(copy.deepcopy(dense), [1, 2], skip_ratio=0.5).save_pretrained(root / "mod")
     tokenizer.save_pretrained(root / "mod")
     return root, data
 

@@ -273,7 +273,7 @@ def test_components_and_inline_mod_under_two_process_zero3(tmp_path):
     out = root / "out"
     args = [str(ROOT / "configs/train/stage2_tiny.yaml"), f"output_dir={out}", "model.init=null",
             f"model.spec={root / 'micro.yaml'}", f"model.tokenizer={data.tokenizer}", f"model.llm={root / 'llm'}",
-            f"model.clip={root / 'clip'}", "trainable=[mm_projector,llm,clip]", "mod={layers: [1], routing_ratio: 0.5}",
+            f"model.clip={root / 'clip'}", "trainable=[mm_projector,llm,clip]", "mod={layers: [1], skip_ratio: 0.5}",
             f"data.train_json={data.stage2_train}", f"data.image_folder={data.images}", "optim.max_steps=3",
             "optim.batch_size=4", "optim.lr=0.0", "optim.warmup_ratio=0.0", "logging_steps=1",
             "optim.group_by_modality_length=true", f"deepspeed={ROOT / 'scripts/zero3.json'}", "optim.max_grad_norm=0.0"]

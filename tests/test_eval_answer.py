@@ -82,7 +82,7 @@ def test_jsonl_format_and_batch_equals_single(model, tmp_path):
 @pytest.mark.parametrize("decode", ["dense", "threshold"])
 def test_mod_model_batch_equals_single(tmp_path, decode):
     # Top-k prefill routes each row's own image tokens, so left padding must not change answers either.
-    mod_model = build_model(num_hidden_layers=3, mod=dict(mod_layers_idx=[1], capacity_factor=0.5, decode=decode))
+    mod_model = build_model(num_hidden_layers=3, mod=dict(mod_layers_idx=[1], skip_ratio=0.5, decode=decode))
     answers = [read(generate_answers(mod_model, QUESTIONS, encode, StubTokenizer(), tmp_path / f"{b}.jsonl",
                                      batch_size=b, max_new_tokens=4, progress=False)) for b in (4, 1)]
     assert [r["text"] for r in answers[0]] == [r["text"] for r in answers[1]]

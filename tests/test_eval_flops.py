@@ -26,7 +26,7 @@ def test_small_case_by_hand():
 def test_from_config_uses_configured_ratio():
     # The tiny fork config has GQA (4 heads, 2 K/V heads of 16): d=64, d_q=64, d_kv=32, d_ff=128.
     # Before issue #14 K/V were counted at full width (8·T·d²); now 4·T·d·d_q + 4·T·d·d_kv.
-    config = tiny_config(mod=dict(mod_layers_idx=[1, 2], capacity_factor=0.5))
+    config = tiny_config(mod=dict(mod_layers_idx=[1, 2], skip_ratio=0.5))
     # T=100: 4·100·64·64 + 4·100·64·32 + 4·100²·64 + 6·100·64·128 = 1638400 + 819200 + 2560000 + 4915200
     # T=50:  4·50·64·64 + 4·50·64·32 + 4·50²·64 + 6·50·64·128 = 819200 + 409600 + 640000 + 2457600
     expected = 2 * 9_932_800 + 2 * 4_326_400

@@ -161,9 +161,9 @@ def test_token_id_overrides_go_where_the_family_keeps_them():
 
 def test_mod_section_is_validated_against_the_text_layers(tmp_path):
     spec = yaml.safe_load((CONFIG_DIR / "model" / "qwen2_5_vl_tiny.yaml").read_text())
-    spec["mod"] = {"mod_layers_idx": [1, 2], "capacity_factor": 0.5}
+    spec["mod"] = {"mod_layers_idx": [1, 2], "skip_ratio": 0.5}
     mod = load_family_spec(spec).mod_config()
-    assert mod.mod_layers_idx == [1, 2] and mod.skip_ratio(1) == 0.5
+    assert mod.mod_layers_idx == [1, 2] and mod.layer_skip_ratio(1) == 0.5
     path = tmp_path / "bad_mod.yaml"
     path.write_text(yaml.safe_dump({**spec, "mod": {"mod_layers_idx": [1, 9]}}))
     with pytest.raises(FamilySpecError, match=r"bad_mod\.yaml.*out of range"):

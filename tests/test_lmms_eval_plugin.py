@@ -95,7 +95,7 @@ def model_dir(tmp_path_factory, tokenizer):
             torch.manual_seed(0)
             model = LlavaLlamaForCausalLM(build_config(family, **model_token_ids(tokenizer)))
             if mod:
-                convert_to_mod(model, [1, 2], routing_ratio=0.5)
+                convert_to_mod(model, [1, 2], skip_ratio=0.5)
             path = tmp_path_factory.mktemp(f"{family}_{'mod' if mod else 'dense'}")
             model.save_pretrained(path)
             tokenizer.save_pretrained(path)

@@ -34,7 +34,7 @@ SKIP, KEEP = -10.0, 10.0  # values of hidden dim 0 that give p ~ 0 / p ~ 1 with 
 # -- helpers ---------------------------------------------------------------------------------------------
 def official(base, layers=(1, 2), **options):
     model = copy.deepcopy(base)
-    return convert_to_mod(model, list(layers), routing_ratio=0.5, compat="official", **options).eval()
+    return convert_to_mod(model, list(layers), skip_ratio=0.5, compat="official", **options).eval()
 
 
 def steer_router(layer, scale=5.0):
@@ -420,12 +420,33 @@ def test_default_behaviour_is_unchanged(tiny_model):
     """compat unset with our own mod_mode: original positions, routable-only loss (as before this switch)."""
     mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2]).eval()
     assert not mod.model.layers[1].mod.official and "compat" in mod.config.mod and mod.config.mod["compat"] is None
-    assert math.isclose(mod.model.layers[1].mod.skip_ratio(1), 0.5)
+    assert math.isclose(mod.model.layers[1].mod.layer_skip_ratio(1), 0.5)
 
 
-def test_official_mode_logs_that_capacity_factor_is_not_used(tiny_model, caplog):
+def test_official_mode_logs_that_skip_ratio_is_not_used(tiny_model, caplog):
     with caplog.at_level(logging.INFO, logger="gamma_mod.model.llava_llama"):
-        model = convert_to_mod(copy.deepcopy(tiny_model), [1, 2], routing_ratio=0.34, compat="official")
-    assert any(r.levelno == logging.WARNING and "capacity_factor 0.34 is not used" in r.getMessage()
+        model = convert_to_mod(copy.deepcopy(tiny_model), [1, 2], skip_ratio=0.34, compat="official")
+    assert any(r.levelno == logging.WARNING and "skip_ratio (official capacity_factor) 0.34 is not used" in r.getMessage()
                for r in caplog.records)
-    assert model.model.layers[1].mod.skip_ratio(1) == 0.5
+    assert model.model.layers[1].mod.layer_skip_ratio(1) == 0.5
+
+
+def test_official_key_names_are_read_at_the_boundary_only():
+    """Released configs say capacity_factor (older gamma-mod folders layer_capacity); ours is skip_ratio."""
+    official = ModConfig.from_dict({"mod_layers_idx": [1, 2], "capacity_factor": 0.34, "layer_capacity": {"2": 0.5}})
+    assert official.skip_ratio == 0.34 and official.layer_skip_ratios == {2: 0.5}
+    assert official.layer_skip_ratio(1) == 0.34 and official.layer_skip_ratio(2) == 0.5
+    saved = official.to_dict()
+    assert "capacity_factor" not in saved and saved["skip_ratio"] == 0.34
+    assert ModConfig.from_dict({"mod_layers_idx": [1], "capacity_factor": 0.5, "skip_ratio": 0.5}).skip_ratio == 0.5
+    with pytest.raises(ModConfigError, match=r"both capacity_factor \(0.5\) and skip_ratio \(0.34\)"):
+        ModConfig.from_dict({"mod_layers_idx": [1], "capacity_factor": 0.5, "skip_ratio": 0.34})
+
+
+def test_one_list_of_routing_strategies():
+    from gamma_mod.mod.strategies import ROUTING_STRATEGIES, GammaStrategy, PModStrategy, build_strategy
+
+    assert ROUTING_STRATEGIES == {"gamma": GammaStrategy, "pmod": PModStrategy}
+    assert isinstance(build_strategy(ModConfig(mod_layers_idx=[1], strategy="pmod")), PModStrategy)
+    with pytest.raises(ModConfigError, match=r"routing strategy\) must be one of \('gamma', 'pmod'\), got 'fastv'"):
+        ModConfig(mod_layers_idx=[1], strategy="fastv")

@@ -139,7 +139,7 @@ def test_gather_and_scatter_equal_torch_gather_scatter_values_and_gradients(shar
 
 # -- the layer: fast paths against the general path -------------------------------------------------------
 def mod_model(base, **options):
-    options.setdefault("routing_ratio", 0.5)
+    options.setdefault("skip_ratio", 0.5)
     return convert_to_mod(copy.deepcopy(base), [1, 2], **options).eval()
 
 
@@ -166,7 +166,7 @@ def run_all(model, ids, mask, pixels, labels):
 
 
 @pytest.mark.parametrize("options, padding_side", [
-    (dict(), "right"), (dict(), "left"), (dict(routing_ratio=0.0), "left"), (dict(mod_mode="dense"), "left"),
+    (dict(), "right"), (dict(), "left"), (dict(skip_ratio=0.0), "left"), (dict(mod_mode="dense"), "left"),
     (dict(router_weighting="straight_through"), "right"), (dict(router_weighting="none"), "left"),
     (dict(strategy="pmod"), "left"), (dict(strategy="pmod"), "right"),
 ])

@@ -23,7 +23,7 @@ SYSTEM_LEN = 3
 
 def mod_model(base, ratio=0.5, layers=(1, 2), **options):
     model = copy.deepcopy(base)
-    return convert_to_mod(model, list(layers), routing_ratio=ratio, **options).eval()
+    return convert_to_mod(model, list(layers), skip_ratio=ratio, **options).eval()
 
 
 def logits(model, ids, mask, pixels):
@@ -210,7 +210,7 @@ def test_mod_save_load_identical_logits_and_official_keys(tiny_model, tmp_path):
         router_keys = sorted(k for k in f.keys() if "router" in k)
     assert router_keys == ["model.layers.1.router.weight", "model.layers.2.router.weight"]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["mod"]["mod_layers_idx"] == [1, 2] and config["mod"]["capacity_factor"] == 0.34
+    assert config["mod"]["mod_layers_idx"] == [1, 2] and config["mod"]["skip_ratio"] == 0.34
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(loaded.model.layers[1], MoDDecoderLayer)
     assert loaded.model.layers[1].router is loaded.model.layers[2].router
@@ -241,5 +241,5 @@ def test_load_official_checkpoint_layout(tiny_model, tmp_path):
 def test_convert_rejects_layer_zero_and_bad_ratio(tiny_model):
     with pytest.raises(ValueError, match="layer 0"):
         mod_model(tiny_model, layers=(0, 1))
-    with pytest.raises(ValueError, match="capacity_factor"):
+    with pytest.raises(ValueError, match="skip_ratio"):
         mod_model(tiny_model, ratio=1.0)

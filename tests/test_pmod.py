@@ -57,7 +57,7 @@ def test_prd_config_fields_pick_the_layers():
     mod = model.config.mod_config()
     expected = {i: max((-i / 31 + 0.5) + 0.45, 0.15) for i in range(16) if (-i / 31 + 0.5) + 0.45 <= 0.85}
     assert mod.mod_layers_idx == sorted(expected) == list(range(4, 16))
-    assert all(1.0 - mod.skip_ratio(i) == pytest.approx(r, abs=1e-12) for i, r in expected.items())
+    assert all(1.0 - mod.layer_skip_ratio(i) == pytest.approx(r, abs=1e-12) for i, r in expected.items())
 
 
 def test_tanhnorm_bounds():
@@ -134,8 +134,8 @@ def test_no_routing_loss_under_pmod(tiny_model):
 
 def test_zero_init_router_keeps_dense_output(tiny_model):
     """Zero router: w = 1 for every token, so with nothing skipped the model IS the dense model."""
-    mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2, 3], routing_ratio=0.0, strategy="pmod",
-                         layer_capacity={1: 0.0, 2: 0.0, 3: 0.0}).eval()
+    mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2, 3], skip_ratio=0.0, strategy="pmod",
+                         layer_skip_ratios={1: 0.0, 2: 0.0, 3: 0.0}).eval()
     assert mod.model.layers[1].router.router.weight.abs().sum() == 0
     ids, mask, pixels = multimodal_batch()
     with torch.no_grad():
@@ -145,8 +145,8 @@ def test_zero_init_router_keeps_dense_output(tiny_model):
 
 
 def test_string_kept_and_skipped_branches(tiny_model):
-    mod = convert_to_mod(copy.deepcopy(tiny_model), [1], routing_ratio=0.5, strategy="pmod",
-                         layer_capacity={1: 0.5}).eval()
+    mod = convert_to_mod(copy.deepcopy(tiny_model), [1], skip_ratio=0.5, strategy="pmod",
+                         layer_skip_ratios={1: 0.5}).eval()
     layer = mod.model.layers[1]
     torch.nn.init.normal_(layer.router.router.weight, std=0.3)
     torch.nn.init.normal_(layer.router.router.bias, std=0.3)
@@ -183,7 +183,7 @@ def test_pmod_routes_vision_tokens_only(tiny_model):
     per_row = (ids == IMAGE_TOKEN).sum(dim=1).tolist()
     for layer_idx, (routable, skipped) in mod.last_routing_stats.items():
         assert routable == sum(per_row)
-        retention = 1.0 - mod.model.layers[layer_idx].mod.skip_ratio(layer_idx)
+        retention = 1.0 - mod.model.layers[layer_idx].mod.layer_skip_ratio(layer_idx)
         assert skipped == sum(n - math.trunc(n * retention) for n in per_row)  # official k = trunc(n * r)
 
 
@@ -194,7 +194,7 @@ def test_pmod_conversion_without_arank_uses_prd(tiny_model):
     model = convert_to_mod(LlavaLlamaForCausalLM(config), None, strategy="pmod")
     mod = model.config.mod_config()
     assert mod.mod_layers_idx == sorted(prd_retention(8))
-    assert mod.layer_capacity[2] == pytest.approx(1 - prd_retention(8)[2])
+    assert mod.layer_skip_ratios[2] == pytest.approx(1 - prd_retention(8)[2])
     with pytest.raises(ValueError, match="needs `layers`"):
         convert_to_mod(LlavaLlamaForCausalLM(config), None)
 

@@ -57,11 +57,11 @@ def test_kept_count_is_official_trunc_for_every_layer_and_length(tiny_model):
 
     mod = ModConfig(strategy="pmod", mod_layers_idx=list(range(8, 32)))
     strategy = PModStrategy(mod)
-    mod.layer_capacity = strategy.layer_skip_ratios(32)
+    mod.layer_skip_ratios = strategy.layer_skip_ratios(32)
     n = torch.arange(3001)
     for layer in range(8, 32):
         expected = np.trunc(np.arange(3001, dtype=np.float32) * np.float32(official_ratio(layer))).astype(np.int64)
-        assert torch.equal(strategy.keep_count(n, mod.skip_ratio(layer)), torch.from_numpy(expected)), layer
+        assert torch.equal(strategy.keep_count(n, mod.layer_skip_ratio(layer)), torch.from_numpy(expected)), layer
     # Differs from the old count n - floor(n * skip) wherever n * ratio is fractional, e.g. 13 x 0.75:
     assert int(strategy.keep_count(torch.tensor([13]), 0.25)) == 9
 
@@ -72,7 +72,7 @@ def test_convert_cli_prints_the_official_layer_set(tmp_path, capsys):
     config = tiny_config(num_hidden_layers=32, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                          num_key_value_heads=1)
     LlavaLlamaForCausalLM(config).save_pretrained(tmp_path / "dense")
-    assert main(["convert", "--model", str(tmp_path / "dense"), "--mod-strategy", "pmod",
+    assert main(["convert", "--model", str(tmp_path / "dense"), "--strategy", "pmod",
                  "--out", str(tmp_path / "pmod")]) == 0
     out = capsys.readouterr().out
     assert "24 of 32 layers MoD [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, " \
@@ -169,7 +169,7 @@ def padded_batch(padding_side: str, scenario: str, hidden: int, seed: int = 0):
 def pmod_layer(scenario: str):
     torch.manual_seed(0)
     model = LlavaLlamaForCausalLM(tiny_config())
-    model = convert_to_mod(model, [1], strategy="pmod", layer_capacity={1: 1.0 - RETENTION}).eval()
+    model = convert_to_mod(model, [1], strategy="pmod", layer_skip_ratios={1: 1.0 - RETENTION}).eval()
     layer = model.model.layers[1]
     with torch.no_grad():
         if scenario == "random":
@@ -289,13 +289,13 @@ def test_official_config_translates_to_the_same_layers_and_ratios():
     mod = pmod_config_from_official(OFFICIAL_CONFIG, 32)
     assert mod.strategy == "pmod" and not mod.shared_router and mod.pmod_alpha == 0.2
     assert mod.mod_layers_idx == list(range(8, 32))
-    assert all(1.0 - mod.skip_ratio(i) == pytest.approx(official_ratio(i), abs=1e-15) for i in range(8, 32))
+    assert all(1.0 - mod.layer_skip_ratio(i) == pytest.approx(official_ratio(i), abs=1e-15) for i in range(8, 32))
     # The official divides by 31 at any depth: 16 layers -> layers 8-15 with the 32-layer ratios.
     short = pmod_config_from_official(OFFICIAL_CONFIG, 16)
     assert short.mod_layers_idx == list(range(8, 16))
-    assert 1.0 - short.skip_ratio(8) == pytest.approx(0.8444834595378433, abs=1e-15)
+    assert 1.0 - short.layer_skip_ratio(8) == pytest.approx(0.8444834595378433, abs=1e-15)
     fixed = pmod_config_from_official({**OFFICIAL_CONFIG, "mod_target_layers": "deep_all", "mod_router_factor": 0.3}, 6)
-    assert fixed.mod_layers_idx == [2, 3, 4] and all(fixed.skip_ratio(i) == pytest.approx(0.7) for i in (2, 3, 4))
+    assert fixed.mod_layers_idx == [2, 3, 4] and all(fixed.layer_skip_ratio(i) == pytest.approx(0.7) for i in (2, 3, 4))
     for bad, match in [({"mod_target_token_type": "all"}, "vision_all"), ({"mod_weight_norm": "sigmoid"}, "tanh"),
                        ({"mod_bias_enabled": False}, "bias"), ({"mod_target_layers": "every_other"}, "mod_target_layers")]:
         with pytest.raises(ValueError, match=match):

@@ -33,7 +33,7 @@ def pruned(model, spec):
 
 
 def mod_model(base, ratio=0.5, layers=(1, 2)):
-    return convert_to_mod(copy.deepcopy(base), list(layers), routing_ratio=ratio).eval()
+    return convert_to_mod(copy.deepcopy(base), list(layers), skip_ratio=ratio).eval()
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -135,8 +135,8 @@ OTHER = {
 # MoD on the real 32-layer model: --mod_mode arank_mod keeps {0, 1, 2, L-1} dense (Gamma-MOD
 # llava_llama_mod.py initialize_mod_modules), --capacity_factor 0.5, --router_aux_loss_coef 0.01.
 MOD = {
-    "llava_hr_7b_stage2_mod": {"layers": list(range(3, 31)), "routing_ratio": 0.5, "aux": 0.01},  # HR2
-    "mgm_hd_7b_stage2_mod": {"layers": list(range(3, 31)), "routing_ratio": 0.5, "aux": 0.01},    # MMOD
+    "llava_hr_7b_stage2_mod": {"layers": list(range(3, 31)), "skip_ratio": 0.5, "aux": 0.01},  # HR2
+    "mgm_hd_7b_stage2_mod": {"layers": list(range(3, 31)), "skip_ratio": 0.5, "aux": 0.01},    # MMOD
 }
 # The 13B budget by the same rule: 36 of 40 layers (DESIGN; arank_mod on 40 layers).
 MOD_13B_LAYERS = list(range(3, 39))
@@ -239,7 +239,7 @@ def test_recipe_model_data_and_mod_settings_match_the_official_table(recipe, tok
     if recipe in MOD:
         assert shipped.mod.resolve_layers(32) == MOD[recipe]["layers"]  # 28 of 32
         assert shipped.mod.resolve_layers(40) == MOD_13B_LAYERS  # the same rule on 13B: 36 of 40
-        assert shipped.mod.routing_ratio == MOD[recipe]["routing_ratio"]
+        assert shipped.mod.skip_ratio == MOD[recipe]["skip_ratio"]
         assert shipped.mod.router_aux_loss_coef == MOD[recipe]["aux"]
     else:
         assert shipped.mod is None  # stage 1 is dense
@@ -342,7 +342,7 @@ def test_mod_section_checks_a_converted_init(tmp_path, tokenizer):
     from gamma_mod.train.train import build_model
 
     model = build_spec("llava_hr_tiny", **model_token_ids(tokenizer))
-    convert_to_mod(model, [1, 2], routing_ratio=0.5)
+    convert_to_mod(model, [1, 2], skip_ratio=0.5)
     model.save_pretrained(tmp_path / "mod")
     recipe = RECIPES / "llava_hr_7b_stage2_mod.yaml"
     base = [f"model.init={tmp_path / 'mod'}", "optim.bf16=false"]
@@ -350,8 +350,8 @@ def test_mod_section_checks_a_converted_init(tmp_path, tokenizer):
     assert build_model(ok, tokenizer).config.mod_config().mod_layers_idx == [1, 2]
     with pytest.raises(ValueError, match=r"layers: model \[1, 2\] vs mod section \[1\]"):
         build_model(load_config(TrainConfig, recipe, base + ["mod.dense_layers=[0,2,-1]"]), tokenizer)
-    with pytest.raises(ValueError, match="routing_ratio: model 0.5 vs mod section 0.34"):
-        build_model(load_config(TrainConfig, recipe, base + ["mod.dense_layers=null", "mod.routing_ratio=0.34"]),
+    with pytest.raises(ValueError, match="skip_ratio: model 0.5 vs mod section 0.34"):
+        build_model(load_config(TrainConfig, recipe, base + ["mod.dense_layers=null", "mod.skip_ratio=0.34"]),
                     tokenizer)
 
 
@@ -376,7 +376,7 @@ def test_finetune_script_uses_the_official_layer_budget(tmp_path):
     real = str(RECIPES / "llava_hr_7b_stage2_mod.yaml")
     convert, train = run_finetune_script(tmp_path / "a", real, None)
     assert f"--layers {','.join(map(str, range(3, 31)))}" in convert  # arank_mod: 28 of 32
-    assert "mod.dense_layers=null" not in train and "mod.routing_ratio=0.5" in train
+    assert "mod.dense_layers=null" not in train and "mod.skip_ratio=0.5" in train
     arank = tmp_path / "arank.json"
     arank.write_text("{}")
     convert, train = run_finetune_script(tmp_path / "b", real, arank)

@@ -10,7 +10,7 @@ from conftest import IMAGE_TOKEN, NUM_IMAGE_TOKENS
 
 
 def test_skip_map_png_has_expected_size_and_content(tiny_model, tmp_path):
-    mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2, 3], routing_ratio=0.5)
+    mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2, 3], skip_ratio=0.5)
     ids = torch.tensor([[1, 11, 12] + [IMAGE_TOKEN] * NUM_IMAGE_TOKENS + [20, 21, 22]])
     pixels = torch.randn(1, 3, 32, 32)
     skip_map = compute_skip_map(mod, ids, pixels)

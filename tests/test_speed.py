@@ -11,7 +11,7 @@ from conftest import NUM_IMAGE_TOKENS
 
 
 def test_speed_report_dense_vs_mod(tiny_model):
-    mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2], routing_ratio=0.5).eval()
+    mod = convert_to_mod(copy.deepcopy(tiny_model), [1, 2], skip_ratio=0.5).eval()
     inputs = random_inputs(tiny_model.config, batch=2, text_tokens=6)
     assert inputs.input_ids.shape == (2, 1 + NUM_IMAGE_TOKENS + 6)
     rows = speed_report({"dense": tiny_model, "mod": mod}, inputs, max_new_tokens=3, repeats=1, warmup=0)

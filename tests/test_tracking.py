@@ -184,7 +184,7 @@ def spec(tmp_path_factory):
 
 def mod_run(data, spec, out, report_to):
     return run_training(config(data, spec, out, stage="finetune", report_to=report_to, run_name="tiny-mod",
-                               **{"mod": {"layers": [1], "routing_ratio": 0.5}, "optim.max_steps": 3}))
+                               **{"mod": {"layers": [1], "skip_ratio": 0.5}, "optim.max_steps": 3}))
 
 
 def history(out):

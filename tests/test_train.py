@@ -94,7 +94,7 @@ def test_stage1_trains_only_the_projector(data, spec, tmp_path):
 def test_stage2_mod_runs_and_learns(data, spec, tmp_path):
     s1 = run_training(config(data, spec, tmp_path / "s1"))
     out = run_training(config(data, spec, tmp_path / "s2", stage="finetune", **{
-        "model.init": str(s1), "model.tokenizer": str(s1), "mod": {"layers": [1], "routing_ratio": 0.5},
+        "model.init": str(s1), "model.tokenizer": str(s1), "mod": {"layers": [1], "skip_ratio": 0.5},
         "optim.max_steps": 12, "optim.lr": 3e-3}))
     values = losses(out)
     assert values[-1] < values[0]

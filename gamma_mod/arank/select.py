@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-STRATEGIES = ("topk_dense", "fraction", "explicit")
+# Layer selections (which layers become MoD); not to be confused with routing strategies (gamma_mod.mod.strategies).
+LAYER_SELECTIONS = ("topk_dense", "fraction", "explicit")
 
 
-def select_mod_layers(arank: list[float], strategy: str = "topk_dense", k_dense: int = 4,
+def select_mod_layers(arank: list[float], selection: str = "topk_dense", k_dense: int = 4,
                       fraction: float | None = None, layers: list[int] | None = None,
                       keep_first_last_dense: bool = True) -> list[int]:
     """Sorted indices of the layers to convert.
@@ -40,9 +41,9 @@ def select_mod_layers(arank: list[float], strategy: str = "topk_dense", k_dense:
         raise ValueError("empty ARank vector")
     forced = {0, n - 1} if keep_first_last_dense else {0}
     allowed = [i for i in range(n) if i not in forced]
-    if strategy == "explicit":
+    if selection == "explicit":
         if not layers:
-            raise ValueError("strategy 'explicit' needs `layers`")
+            raise ValueError("selection 'explicit' needs `layers`")
         chosen = sorted(set(layers))
         bad = [i for i in chosen if not 0 <= i < n]
         if bad:
@@ -53,15 +54,15 @@ def select_mod_layers(arank: list[float], strategy: str = "topk_dense", k_dense:
             raise ValueError(f"layer {n - 1} is the last layer, kept dense; pass keep_first_last_dense=False "
                              "(CLI: --allow-last) to convert it")
         return chosen
-    if strategy == "topk_dense":
+    if selection == "topk_dense":
         if not 0 <= k_dense <= n:
             raise ValueError(f"k_dense must be in [0, {n}], got {k_dense}")
         by_rank = sorted(allowed, key=lambda i: (-arank[i], i))  # highest ARank first
         dense = forced | set(by_rank[: max(0, k_dense - len(forced))])
         return [i for i in range(n) if i not in dense]
-    if strategy == "fraction":
+    if selection == "fraction":
         if fraction is None or not 0 < fraction <= 1:
-            raise ValueError(f"strategy 'fraction' needs 0 < fraction <= 1, got {fraction}")
+            raise ValueError(f"selection 'fraction' needs 0 < fraction <= 1, got {fraction}")
         by_rank = sorted(allowed, key=lambda i: (arank[i], i))  # lowest ARank first
         return sorted(by_rank[: int(round(fraction * n))])
-    raise ValueError(f"unknown selection strategy {strategy!r} ({' | '.join(STRATEGIES)})")
+    raise ValueError(f"unknown layer selection {selection!r} ({' | '.join(LAYER_SELECTIONS)})")

@@ -102,13 +102,13 @@ def decoder_tflops(seq_len: int, hidden: int, ffn: int, num_layers: int, mod_lay
 
 def tflops_from_config(config, seq_len: int, skip: float | dict[int, float] | None = None) -> float:
     """TFLOPs of one sequence through a model of any family (decoder_shape); `skip` defaults to the
-    configured per-layer ratio (`capacity_factor`, or the p-MoD schedule in `layer_capacity`) of a
+    configured per-layer ratio (`skip_ratio`, or the p-MoD schedule in `layer_skip_ratios`) of a
     config with MoD layers (`mod_config()`), else 0 (a plain HF model is dense)."""
     shape = decoder_shape(config)
     mod = config.mod_config() if hasattr(config, "mod_config") else None
     layers = mod.mod_layers_idx if mod else []
     if skip is None:
-        skip = {i: mod.skip_ratio(i) for i in layers} if mod else 0.0
+        skip = {i: mod.layer_skip_ratio(i) for i in layers} if mod else 0.0
     return decoder_tflops(seq_len, shape.hidden, shape.ffn, shape.num_layers, layers, skip,
                           q_dim=shape.q_dim, kv_dim=shape.kv_dim)
 

@@ -115,8 +115,8 @@ def install_mod_layers(model: nn.Module, family: FamilyAdapter, mod: ModConfig, 
     text_config = family.text_config(model.config)
     layers = family.decoder_layers(model)
     strategy = build_strategy(mod)
-    if not mod.layer_capacity:  # strategies with a per-layer schedule (p-MoD PRD) fill it
-        mod.layer_capacity = strategy.layer_skip_ratios(text_config.num_hidden_layers)
+    if not mod.layer_skip_ratios:  # strategies with a per-layer schedule (p-MoD PRD) fill it
+        mod.layer_skip_ratios = strategy.layer_skip_ratios(text_config.num_hidden_layers)
     shared = strategy.build_router(text_config.hidden_size) if mod.shared_router else None
     no_split = set(getattr(model, "_no_split_modules", None) or ())
     for i in mod.mod_layers_idx:
@@ -348,7 +348,7 @@ def convert_family_to_mod(
     """Turn a loaded plain family model (e.g. Qwen2_5_VLForConditionalGeneration) into its MoD twin, in place.
 
     The layers in `layers` become MoD layers with the same weights (every key asserted) plus a router;
-    `skip_ratio` is the fraction of routable tokens skipped (official `capacity_factor`). With
+    `skip_ratio` is the fraction of routable tokens skipped. With
     strategy="pmod", `layers=None` lets the PRD schedule pick the MoD layers. Returns the same object,
     now of the twin class, with its config (of the twin config class) carrying the `mod` section, so
     `save_pretrained` / `from_pretrained` rebuild the same model. The object is re-classed rather than
@@ -369,7 +369,7 @@ def convert_family_to_mod(
                              "only strategy='pmod' picks them itself (progressive ratio decay)")
         probe = ModConfig(strategy="pmod", **{k: v for k, v in mod_options.items() if k.startswith("prd_")})
         layers = [i for i in prd_retention_for(probe, n_layers) if i != 0]  # layer 0 stays dense
-    mod = ModConfig(mod_layers_idx=list(layers), capacity_factor=skip_ratio, router_aux_loss_coef=router_aux_loss_coef,
+    mod = ModConfig(mod_layers_idx=list(layers), skip_ratio=skip_ratio, router_aux_loss_coef=router_aux_loss_coef,
                     **mod_options)
     mod.validate_against(n_layers)
     config_class, model_class = mod_twin_classes(family)

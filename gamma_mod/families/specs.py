@@ -6,7 +6,7 @@ OWN transformers config class, so a spec builds exactly the model `from_pretrain
       image_token_id: 510
       text_config: {hidden_size: 64, num_key_value_heads: 2, ...}
       vision_config: {depth: 2, ...}
-    mod: {mod_layers_idx: [1, 2], capacity_factor: 0.5}   # optional: the MoD section for convert_to_mod
+    mod: {mod_layers_idx: [1, 2], skip_ratio: 0.5}   # optional: the MoD section for convert_to_mod
 
 Built-in specs live in gamma_mod/configs/model/ next to the LLaVA-fork specs (which have `text:`/`vision:`
 sections instead of `family:`): tiny twins `<family>_tiny.yaml` (random init, CPU tests) and real-size

@@ -7,7 +7,7 @@ Reproduces, from the Gamma-MOD repository (github.com/Yaxin9Luo/Gamma-MOD):
 
 Training (the training class; `self.training` here), R = region (llava_hr 1024 + 35, mgm 2880), T = padded length:
     T > R          the first R positions compete, every later one is kept; kept count
-                   k = ceil(T * (1 - 0.5 * R / T)) per row (skip ratio 0.5 hard-coded, capacity_factor unused)
+                   k = ceil(T * (1 - 0.5 * R / T)) per row (skip ratio 0.5 hard-coded, the config's capacity_factor unused)
     T <= R  llava_hr  nothing is skipped
             mgm       k = ceil(0.5 * T); tokens whose label is -100 (prompt, padding) are preferred, the
                       answer tokens compete (no labels: every token competes)

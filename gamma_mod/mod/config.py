@@ -1,8 +1,13 @@
 """The `mod` section of a model config.
 
 Field names follow the released gamma-MoD checkpoints (`mod_enable`, `mod_mode`, `mod_layers_idx`,
-`capacity_factor`, `router_aux_loss_coef`) so their config.json files load unchanged; the rest are
-our extensions with defaults that reproduce the official behaviour where one exists.
+`router_aux_loss_coef`) so their config.json files load unchanged; the rest are our extensions with
+defaults that reproduce the official behaviour where one exists. One name per idea: the fraction of
+routable tokens a MoD layer skips is `skip_ratio` (official files call it `capacity_factor`: read here,
+at the boundary, and nowhere else); `strategy` is the ROUTING strategy (how tokens are scored, kept
+and weighted: gamma_mod.mod.strategies.ROUTING_STRATEGIES); which layers become MoD is the LAYER
+SELECTION (`mod_layers_idx`, chosen by ARank (gamma_mod.arank.select), p-MoD's PRD schedule, or an
+official `mod_mode`).
 
 `compat` picks the behaviour of the MoD layers: "ours" (positions, routable tokens and routing loss
 as in gamma_mod/mod/layer.py) or "official" (the released code's rules, gamma_mod/mod/compat.py).
@@ -22,7 +27,6 @@ from ..errors import ConfigError
 ROUTER_WEIGHTINGS = ("prob", "straight_through", "none")
 PREFILL_MODES = ("topk", "threshold")
 DECODE_MODES = ("dense", "threshold")
-STRATEGIES = ("gamma", "pmod")
 COMPAT_MODES = ("ours", "official")
 # Our meaning: "sparse" routes as configured, "dense" keeps every token (routers still run).
 OUR_MOD_MODES = ("sparse", "dense")
@@ -34,7 +38,7 @@ OFFICIAL_MOD_MODES = ("arank_mod", "true", "first_half", "second_half", "first_l
 #   llava_hr  gamma_mod/model/language_model/llava_llama_mod.py: 1024 image tokens + 35 instruction tokens
 #   mgm       gamma_mod/MGM/mgm/model/language_model/mod_mgm_llama.py: 2880 (MGM-HD image tokens)
 OFFICIAL_REGIONS = {"llava_hr": 1024 + 35, "mgm": 2880}
-# The fraction of the region skipped in official training, whatever capacity_factor says.
+# The fraction of the region skipped in official training, whatever skip_ratio (official capacity_factor) says.
 OFFICIAL_SKIP_RATIO = 0.5
 
 
@@ -69,6 +73,8 @@ def mod_mode_name(value: Any) -> str:
             f"{', '.join(OFFICIAL_MOD_MODES)} (sparse/dense: ours, the rest: written by the official gamma-MoD code)")
     return value
 PRD_SCHEDULES = ("shiftedcos", "shiftedlinear")
+# Keys of official (and older gamma-mod) mod sections -> our field names.
+OFFICIAL_KEYS = {"capacity_factor": "skip_ratio", "layer_capacity": "layer_skip_ratios"}
 
 
 @dataclass
@@ -79,7 +85,7 @@ class ModConfig:
     mod_mode: str | bool = "sparse"
     mod_layers_idx: list[int] = field(default_factory=list)
     # Fraction of ROUTABLE tokens that SKIP a MoD layer ("0.34"/"0.5" in the checkpoint names).
-    capacity_factor: float = 0.5
+    skip_ratio: float = 0.5
     router_aux_loss_coef: float = 0.01
     strategy: str = "gamma"
     # One router shared by every MoD layer (the paper's shared vision-language router) or one per layer;
@@ -105,8 +111,8 @@ class ModConfig:
     prd_dense_above: float = 0.85
     prd_floor: float = 0.15
     prd_divisor: int | None = None
-    # Per-layer skip ratios; filled by strategies with a schedule (p-MoD PRD), else capacity_factor everywhere.
-    layer_capacity: dict[int, float] = field(default_factory=dict)
+    # Per-layer skip ratios; filled by strategies with a schedule (p-MoD PRD), else skip_ratio everywhere.
+    layer_skip_ratios: dict[int, float] = field(default_factory=dict)
     # "ours" or "official" (reproduce the released gamma-MoD code, gamma_mod/mod/compat.py; `prefill`/`decode`
     # are then the official rules, with prefill_threshold/decode_threshold); None: "official" when mod_mode
     # is an official-only value, else "ours".
@@ -135,16 +141,20 @@ class ModConfig:
         if mode in ("true", "custom") and not self.mod_layers_idx and self.mod_enable:
             raise ModConfigError(f"mod.mod_mode {self.mod_mode!r} implies no layer choice: "
                                  "mod.mod_layers_idx is required")
-        if not 0.0 <= self.capacity_factor < 1.0:
-            raise ModConfigError(f"mod.capacity_factor (fraction skipped) must be in [0, 1), got {self.capacity_factor}")
+        if not 0.0 <= self.skip_ratio < 1.0:
+            raise ModConfigError(f"mod.skip_ratio (fraction of routable tokens skipped) must be in [0, 1), "
+                                 f"got {self.skip_ratio}")
         if self.router_weighting not in ROUTER_WEIGHTINGS:
             raise ModConfigError(f"mod.router_weighting must be one of {ROUTER_WEIGHTINGS}, got {self.router_weighting!r}")
         if self.prefill not in PREFILL_MODES:
             raise ModConfigError(f"mod.prefill must be one of {PREFILL_MODES}, got {self.prefill!r}")
         if self.decode not in DECODE_MODES:
             raise ModConfigError(f"mod.decode must be one of {DECODE_MODES}, got {self.decode!r}")
-        if self.strategy not in STRATEGIES:
-            raise ModConfigError(f"mod.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        from .strategies import ROUTING_STRATEGIES  # the one list of routing strategies
+
+        if self.strategy not in ROUTING_STRATEGIES:
+            raise ModConfigError(f"mod.strategy (routing strategy) must be one of {tuple(ROUTING_STRATEGIES)}, "
+                                 f"got {self.strategy!r}")
         if self.router_aux_loss_coef < 0:
             raise ModConfigError("mod.router_aux_loss_coef must be >= 0")
         if self.prd_schedule not in PRD_SCHEDULES:
@@ -155,7 +165,7 @@ class ModConfig:
         if len(set(self.mod_layers_idx)) != len(self.mod_layers_idx):
             raise ModConfigError(f"mod.mod_layers_idx has duplicates: {self.mod_layers_idx}")
         # JSON turns int keys into strings; normalise back.
-        self.layer_capacity = {int(k): float(v) for k, v in (self.layer_capacity or {}).items()}
+        self.layer_skip_ratios = {int(k): float(v) for k, v in (self.layer_skip_ratios or {}).items()}
 
     # -- compat -----------------------------------------------------------------------------------
     @property
@@ -197,12 +207,13 @@ class ModConfig:
             changes["official_layout"] = "mgm" if vision_tower_type == "mgm" else "llava_hr"
         return dataclasses.replace(self, **changes) if changes else self
 
-    def skip_ratio(self, layer_idx: int) -> float:
+    def layer_skip_ratio(self, layer_idx: int) -> float:
+        """The fraction of routable tokens layer `layer_idx` skips."""
         if self.official:
             return OFFICIAL_SKIP_RATIO
         if self.keeps_all_tokens:
             return 0.0
-        return self.layer_capacity.get(layer_idx, self.capacity_factor)
+        return self.layer_skip_ratios.get(layer_idx, self.skip_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,6 +222,14 @@ class ModConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> "ModConfig | None":
         if not data or not data.get("mod_enable", True):
             return None
+        data = dict(data)
+        for official, ours in OFFICIAL_KEYS.items():  # names used by the released files (and our older folders)
+            if official in data:
+                value = data.pop(official)
+                if ours in data and data[ours] != value:
+                    raise ModConfigError(f"the config's mod section gives both {official} ({value!r}) and {ours} "
+                                         f"({data[ours]!r}); they are one setting")
+                data.setdefault(ours, value)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

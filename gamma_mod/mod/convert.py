@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,13 +31,14 @@ def register_converter(accepts: Callable[[Any], bool], convert: Callable[..., An
 def convert_to_mod(
     model: Any,
     layers: list[int] | None = None,
-    routing_ratio: float = 0.5,
+    skip_ratio: float = 0.5,
     router_aux_loss_coef: float = 0.01,
     **mod_options: Any,
 ) -> LlavaLlamaForCausalLM:
     """Replace `model.model.layers[i]` for i in `layers` by MoD layers carrying the same weights.
 
-    `routing_ratio` is the fraction of routable tokens SKIPPED (official `capacity_factor`); with
+    `skip_ratio` is the fraction of routable tokens SKIPPED (official `capacity_factor`; the old keyword
+    `routing_ratio` is still accepted, with a deprecation warning); with
     strategy="pmod" the per-layer ratios come from the PRD schedule instead, and `layers=None`
     lets that schedule pick the MoD layers (no ARank pass needed).
     Every parameter of each replaced layer must land in its MoD twin (asserted); the only new
@@ -46,10 +48,14 @@ def convert_to_mod(
     A Hugging Face family model (llava-hf, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) goes to its family's
     converter and comes back as its MoD twin (gamma_mod/families/modeling.py), the same object re-classed.
     """
+    if "routing_ratio" in mod_options:
+        warnings.warn("convert_to_mod(routing_ratio=...) is now skip_ratio=... (the fraction of routable tokens "
+                      "skipped)", DeprecationWarning, stacklevel=2)
+        skip_ratio = mod_options.pop("routing_ratio")
     if not isinstance(model, LlavaLlamaForCausalLM):
         for accepts, convert in _CONVERTERS:
             if accepts(model):
-                return convert(model, layers, routing_ratio, router_aux_loss_coef, **mod_options)
+                return convert(model, layers, skip_ratio, router_aux_loss_coef, **mod_options)
         raise ValueError(f"convert_to_mod: {type(model).__name__} (model_type "
                          f"{getattr(getattr(model, 'config', None), 'model_type', None)!r}) is not a model gamma-mod "
                          "converts (our LLaVA fork or a family in gamma_mod.families)")
@@ -64,7 +70,7 @@ def convert_to_mod(
     if config.mod_config() is not None:
         raise ValueError(f"model already has MoD layers {config.mod_config().mod_layers_idx}; convert a dense model")
     mod = ModConfig(
-        mod_layers_idx=list(layers), capacity_factor=routing_ratio, router_aux_loss_coef=router_aux_loss_coef,
+        mod_layers_idx=list(layers), skip_ratio=skip_ratio, router_aux_loss_coef=router_aux_loss_coef,
         **mod_options,
     )
     mod.validate_against(config.num_hidden_layers)
@@ -83,7 +89,7 @@ def convert_to_mod(
         model.model.layers[i] = new
     n_mod = sum(is_mod_layer(layer) for layer in model.model.layers)
     logger.info("converted %d of %d decoder layers to MoD (skip ratio %.2f): %s",
-                n_mod, config.num_hidden_layers, routing_ratio, mod.mod_layers_idx)
+                n_mod, config.num_hidden_layers, skip_ratio, mod.mod_layers_idx)
     return model
 
 
@@ -129,7 +135,7 @@ def pmod_config_from_official(official: dict[str, Any], num_hidden_layers: int) 
     else:
         raise ValueError(f"mod_target_layers {target!r}: expected '<schedule>_decay_<max>_<min>' or one of "
                          f"{sorted(OFFICIAL_PMOD_FIXED)}")
-    mod = ModConfig(mod_layers_idx=sorted(retention), layer_capacity={i: 1.0 - r for i, r in retention.items()},
+    mod = ModConfig(mod_layers_idx=sorted(retention), layer_skip_ratios={i: 1.0 - r for i, r in retention.items()},
                     **options)
     mod.validate_against(num_hidden_layers)
     return mod

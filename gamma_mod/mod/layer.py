@@ -241,7 +241,7 @@ class MoDLayerMixin:
         """Our rules: top-k (or the threshold prefill), then the optional decode rule. score: the strategy's
         selection score of `logits` (B, T)."""
         routable = ctx.routable
-        ratio = self.mod.skip_ratio(self.layer_idx)
+        ratio = self.mod.layer_skip_ratio(self.layer_idx)
         counts = None
         if self.mod.prefill == "threshold" and not self.training:
             keep = threshold_keep_mask(score, routable, self.mod.prefill_threshold)

@@ -82,7 +82,7 @@ class RoutingStrategy:
         return None
 
     def layer_skip_ratios(self, num_hidden_layers: int) -> dict[int, float]:
-        """Per-layer skip ratios that override capacity_factor; empty: capacity_factor everywhere."""
+        """Per-layer skip ratios that override skip_ratio; empty: skip_ratio everywhere."""
         return {}
 
 
@@ -225,6 +225,9 @@ def prd_retention_for(mod: ModConfig, num_hidden_layers: int) -> dict[int, float
                          mod.prd_schedule, mod.prd_divisor)
 
 
+# The one list of routing strategies: config validation, CLI choices and build_strategy read it.
+ROUTING_STRATEGIES: dict[str, type[RoutingStrategy]] = {"gamma": GammaStrategy, "pmod": PModStrategy}
+
+
 def build_strategy(mod: ModConfig) -> RoutingStrategy:
-    strategies = {"gamma": GammaStrategy, "pmod": PModStrategy}
-    return strategies[mod.strategy](mod)
+    return ROUTING_STRATEGIES[mod.strategy](mod)

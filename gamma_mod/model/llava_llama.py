@@ -63,14 +63,15 @@ def build_decoder_layers(config: LlavaLlamaConfig) -> nn.ModuleList:
         why = f"mod.mod_mode {mod.mod_mode!r} is an official gamma-MoD value" if mod.auto_official else "mod.compat"
         logger.info("MoD layers %s follow the official gamma-MoD code (%s layout, routable region %d, skip ratio "
                     "%.1f; %s); set mod.compat to 'ours' for our default", mod.mod_layers_idx, mod.official_layout,
-                    mod.region, mod.skip_ratio(0), why)
-        if mod.capacity_factor != mod.skip_ratio(0):
-            logger.warning("mod.capacity_factor %s is not used in official compat mode: the official code skips "
-                           "a fixed %.1f of the routable region in training", mod.capacity_factor, mod.skip_ratio(0))
+                    mod.region, mod.layer_skip_ratio(0), why)
+        if mod.skip_ratio != mod.layer_skip_ratio(0):
+            logger.warning("mod.skip_ratio (official capacity_factor) %s is not used in official compat mode: the "
+                           "official code skips a fixed %.1f of the routable region in training", mod.skip_ratio,
+                           mod.layer_skip_ratio(0))
     strategy = build_strategy(mod)
-    if not mod.layer_capacity:
-        # Strategies with a per-layer schedule (p-MoD PRD) fill it; gamma uses capacity_factor everywhere.
-        mod.layer_capacity = strategy.layer_skip_ratios(config.num_hidden_layers)
+    if not mod.layer_skip_ratios:
+        # Strategies with a per-layer schedule (p-MoD PRD) fill it; gamma uses skip_ratio everywhere.
+        mod.layer_skip_ratios = strategy.layer_skip_ratios(config.num_hidden_layers)
     shared = strategy.build_router(config.hidden_size) if mod.shared_router else None
     layers = []
     for i in range(config.num_hidden_layers):

@@ -91,7 +91,7 @@ class ModArgs:
 
     layers: list[int] | None = None
     dense_layers: list[int] | None = None
-    routing_ratio: float = 0.5
+    skip_ratio: float = 0.5  # fraction of routable tokens skipped (official capacity_factor)
     strategy: str = "gamma"
     router_aux_loss_coef: float = 0.01
 

@@ -165,9 +165,9 @@ def apply_mod(model, cfg: TrainConfig) -> None:
     layers = cfg.mod.resolve_layers(model.config.num_hidden_layers)
     existing = model.config.mod_config()
     if existing is not None:  # a converted init: the recipe's section is a check, never silently ignored
-        wanted = {"layers": layers, "routing_ratio": cfg.mod.routing_ratio, "strategy": cfg.mod.strategy,
+        wanted = {"layers": layers, "skip_ratio": cfg.mod.skip_ratio, "strategy": cfg.mod.strategy,
                   "router_aux_loss_coef": cfg.mod.router_aux_loss_coef}
-        found = {"layers": sorted(existing.mod_layers_idx), "routing_ratio": existing.capacity_factor,
+        found = {"layers": sorted(existing.mod_layers_idx), "skip_ratio": existing.skip_ratio,
                  "strategy": existing.strategy, "router_aux_loss_coef": existing.router_aux_loss_coef}
         diffs = [f"{k}: model {found[k]} vs mod section {v}" for k, v in wanted.items()
                  if v is not None and v != found[k]]
@@ -184,7 +184,7 @@ def apply_mod(model, cfg: TrainConfig) -> None:
                          "convert first with `gamma-mod convert` and point model.init at its output")
     from ..mod.convert import convert_to_mod
 
-    convert_to_mod(model, layers, routing_ratio=cfg.mod.routing_ratio, strategy=cfg.mod.strategy,
+    convert_to_mod(model, layers, skip_ratio=cfg.mod.skip_ratio, strategy=cfg.mod.strategy,
                    router_aux_loss_coef=cfg.mod.router_aux_loss_coef)
 
 
@@ -236,11 +236,11 @@ def check_inputs(cfg: TrainConfig) -> None:
     what = "model.tokenizer" if cfg.model.tokenizer else ("model.init" if cfg.model.init else "model.llm")
     check_tokenizer_folder(tokenizer, what=what)
     if cfg.mod is not None and cfg.mod.layers:
-        if not 0.0 <= cfg.mod.routing_ratio < 1.0:
-            raise ConfigError(f"mod.routing_ratio is the fraction of routable tokens skipped and must be in [0, 1), "
-                              f"got {cfg.mod.routing_ratio}")
+        if not 0.0 <= cfg.mod.skip_ratio < 1.0:
+            raise ConfigError(f"mod.skip_ratio is the fraction of routable tokens skipped and must be in [0, 1), "
+                              f"got {cfg.mod.skip_ratio}")
         try:
-            ModConfig(mod_layers_idx=list(cfg.mod.layers), capacity_factor=cfg.mod.routing_ratio,
+            ModConfig(mod_layers_idx=list(cfg.mod.layers), skip_ratio=cfg.mod.skip_ratio,
                       strategy=cfg.mod.strategy, router_aux_loss_coef=cfg.mod.router_aux_loss_coef)
         except ValueError as e:
             raise ConfigError(str(e).replace("mod.mod_layers_idx", "mod.layers")) from None

@@ -43,11 +43,11 @@ if [ "$CONVERT" = "1" ]; then
       if [ -z "$LAYERS" ]; then usage_error "no num_hidden_layers in $STAGE1/config.json"; fi
       SELECT=(--layers "$(seq -s, 3 $((LAYERS - 2)))")   # arank_mod: 0, 1, 2 and the last stay dense
     fi
-    "$PYTHON" -m gamma_mod.cli convert --model "$STAGE1" "${SELECT[@]}" --routing-ratio "$ROUTING_RATIO" --out "$MOD_MODEL"
+    "$PYTHON" -m gamma_mod.cli convert --model "$STAGE1" "${SELECT[@]}" --skip-ratio "$ROUTING_RATIO" --out "$MOD_MODEL"
   fi
   OVERRIDES+=("model.init=$MOD_MODEL" "model.tokenizer=$MOD_MODEL")
   if [[ "$CONFIG" != *tiny* ]]; then
-    OVERRIDES+=("mod.routing_ratio=$ROUTING_RATIO")
+    OVERRIDES+=("mod.skip_ratio=$ROUTING_RATIO")
     # An ARank-selected set need not be arank_mod's: the recipe then checks only ratio and loss weight.
     if [ -n "$ARANK" ] && [ -f "$ARANK" ]; then OVERRIDES+=("mod.dense_layers=null"); fi
   fi

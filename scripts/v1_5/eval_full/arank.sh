@@ -32,5 +32,5 @@ if [ -n "$TOL" ]; then TOL_ARGS=(--tol "$TOL"); fi
   --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --dtype "$DTYPE" "${TOL_ARGS[@]}" --out "$ARANK_OUT"
 if [ "$CONVERT" = "1" ]; then
   "$GAMMA_MOD" convert --model "$MODEL" --arank "$ARANK_OUT" --k-dense "$K_DENSE" \
-    --routing-ratio "$ROUTING_RATIO" --out "$OUT_MODEL"
+    --skip-ratio "$ROUTING_RATIO" --out "$OUT_MODEL"
 fi
