@@ -1,22 +1,34 @@
 """Turn chosen dense decoder layers of a loaded model into MoD layers, in place; translate official
-p-MoD configs and state dicts (MCG-NJU/p-MoD pmod_llava_llama.py) to ours and back."""
+p-MoD configs and state dicts (MCG-NJU/p-MoD pmod_llava_llama.py) to ours and back.
+
+Our LLaVA fork converts here; other model families register a converter (`register_converter`,
+done by gamma_mod/families on import) so that this module never imports a family."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ..model.llava_llama import LlavaLlamaForCausalLM, build_decoder_layers
 from .config import ModConfig
-from .layer import MoDDecoderLayer
+from .layer import is_mod_layer
 from .strategies import prd_retention_for
 
 logger = logging.getLogger(__name__)
 
+# (accepts(model) -> bool, convert(model, layers, skip_ratio, router_aux_loss_coef, **mod_options) -> model)
+_CONVERTERS: list[tuple[Callable[[Any], bool], Callable[..., Any]]] = []
+
+
+def register_converter(accepts: Callable[[Any], bool], convert: Callable[..., Any]) -> None:
+    """Let `convert_to_mod` handle models that `accepts` (a model family outside our fork)."""
+    _CONVERTERS.append((accepts, convert))
+
 
 def convert_to_mod(
-    model: LlavaLlamaForCausalLM,
+    model: Any,
     layers: list[int] | None = None,
     routing_ratio: float = 0.5,
     router_aux_loss_coef: float = 0.01,
@@ -30,7 +42,17 @@ def convert_to_mod(
     Every parameter of each replaced layer must land in its MoD twin (asserted); the only new
     parameter is the router. The config gains the `mod` section, so `save_pretrained` /
     `from_pretrained` rebuild the same model.
+
+    A Hugging Face family model (llava-hf, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) goes to its family's
+    converter and comes back as its MoD twin (gamma_mod/families/modeling.py), the same object re-classed.
     """
+    if not isinstance(model, LlavaLlamaForCausalLM):
+        for accepts, convert in _CONVERTERS:
+            if accepts(model):
+                return convert(model, layers, routing_ratio, router_aux_loss_coef, **mod_options)
+        raise ValueError(f"convert_to_mod: {type(model).__name__} (model_type "
+                         f"{getattr(getattr(model, 'config', None), 'model_type', None)!r}) is not a model gamma-mod "
+                         "converts (our LLaVA fork or a family in gamma_mod.families)")
     config = model.config
     if layers is None:
         if mod_options.get("strategy") != "pmod":
@@ -59,7 +81,7 @@ def convert_to_mod(
         if unexpected or missing:
             raise RuntimeError(f"layer {i}: weights do not map onto the MoD layer (missing {missing}, unexpected {unexpected})")
         model.model.layers[i] = new
-    n_mod = sum(isinstance(layer, MoDDecoderLayer) for layer in model.model.layers)
+    n_mod = sum(is_mod_layer(layer) for layer in model.model.layers)
     logger.info("converted %d of %d decoder layers to MoD (skip ratio %.2f): %s",
                 n_mod, config.num_hidden_layers, routing_ratio, mod.mod_layers_idx)
     return model

@@ -1,20 +1,37 @@
-"""MoDDecoderLayer: a Llama decoder layer that only processes the tokens its router keeps.
+"""MoD over a decoder layer: the layer only processes the tokens its router keeps.
 
-Subclasses transformers' `LlamaDecoderLayer` (same parameters, same state-dict names, plus
-`router.weight`), so a dense layer converts by loading its state dict. Per forward:
+`MoDLayerMixin` turns any transformers decoder layer with the usual parts (`input_layernorm`,
+`self_attn`, `post_attention_layernorm`, `mlp`: Llama, Qwen2, Qwen2.5-VL, Qwen3-VL, ...) into a MoD
+layer: `mod_layer_class(DenseLayer)` is `class MoD<DenseLayer>(MoDLayerMixin, DenseLayer)` (same
+parameters, same state-dict names, plus `router.*`), so a dense layer converts by loading its state
+dict. `MoDDecoderLayer` is the Llama one (our LLaVA fork). Per forward:
 
     scores  = router(input_layernorm(h))                 (B, T, 2)  [strategy decides the input]
     keep    = top-k over routable tokens (+ all others)   (B, T)
     h_k     = gather(h, keep)                             (B, K, C)  original order, original RoPE positions
-    h_k     = h_k + attn(norm(h_k))                       causal among kept tokens, padding respected
+    h_k     = h_k + self_attn(norm(h_k))                  the layer's OWN attention (q/k/v/o, q/k norms, GQA,
+                                                          rotary) with (cos, sin) gathered at the kept tokens
+                                                          and our kept-token mask: causal, padding respected
     h_k     = h_k + w * mlp(norm(h_k))                    w from the strategy (gamma: router prob p, MLP branch)
     h       = scatter(h, keep, h_k)                       skipped tokens pass unchanged (p-MoD: x w)
+
+The rotary tables (cos, sin) the model hands its layers are (B or 1, T, D) for every family we
+wrap (Qwen's multimodal M-RoPE sections are merged before the layers in transformers 5.x), so
+gathering them along T gives the kept tokens' original (multimodal) positions. Attention runs with
+SDPA or eager; a flash-attention model gives its MoD layers SDPA (flash takes no arbitrary mask),
+dense layers keep flash. A MoD layer's KV cache holds only its kept tokens (gamma_mod/mod/cache.py
+records which cached slots are real).
 
 When every token of a forward goes through the layer (decode steps, which carry no routable token;
 `mod_mode: dense`) there is nothing to gather or scatter: the layer runs on the sequence itself,
 the router only where its output is used (the MLP weight, the routing loss). Counts the layer needs
 on the host (kept tokens per row) come from the routable counts, read once per forward for all MoD
 layers, so top-k routing costs no device sync per layer.
+
+The per-forward `ModForwardContext` reaches a MoD layer as the `mod_context` keyword (our fork's
+model loop passes it) or, for models whose own layer loop we do not rewrite (the Hugging Face
+families), through a `ModContextHolder` the model fills before running its layers; it is bound when
+the layer is called, so a gradient-checkpointing recompute sees the same context.
 
 With `mod.compat: official` the keep rule, the kept tokens' positions (renumbered 0..k-1) and the
 routing-loss scope are the released code's (gamma_mod/mod/compat.py); the rest is shared.
@@ -27,12 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import (
-    LlamaDecoderLayer,
-    apply_rotary_pos_emb,
-    eager_attention_forward,
-)
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from .cache import append_key_validity, cached_key_validity, key_validity_record
 from .compat import (
@@ -161,8 +173,43 @@ class ModForwardContext:
         return self._host["routable_flat_index"]
 
 
-class MoDDecoderLayer(LlamaDecoderLayer):
-    def __init__(self, config, layer_idx: int, mod: ModConfig, strategy: RoutingStrategy, router: nn.Module) -> None:
+class ModContextHolder:
+    """The current forward's ModForwardContext, shared by a model and its MoD layers (set by the model's
+    forward before its layers run; None outside a forward)."""
+
+    def __init__(self) -> None:
+        self.context: ModForwardContext | None = None
+
+
+class _SdpaForFlashConfig:
+    """A view of a layer's config whose `_attn_implementation` is "sdpa" wherever the model's is neither
+    eager nor SDPA (flash attention and friends take no arbitrary mask; our kept-token mask needs one).
+    Everything else, writes included, goes to the model's config, so switching the model's attention
+    later still reaches the MoD layers."""
+
+    def __init__(self, config) -> None:
+        object.__setattr__(self, "_wrapped", config)
+
+    @property
+    def _attn_implementation(self) -> str:
+        impl = self._wrapped._attn_implementation
+        return impl if impl in ("eager", "sdpa") else "sdpa"
+
+    def __getattr__(self, name: str):
+        if name == "_wrapped":  # during unpickling / deepcopy, before __init__ ran
+            raise AttributeError(name)
+        return getattr(self._wrapped, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._wrapped, name, value)
+
+
+class MoDLayerMixin:
+    """Routing, gather/scatter and kept-token attention over a dense decoder layer (see module docstring).
+    Use through `mod_layer_class(DenseLayer)`; the dense layer must be built as `Dense(config, layer_idx)`."""
+
+    def __init__(self, config, layer_idx: int, mod: ModConfig, strategy: RoutingStrategy, router: nn.Module,
+                 context_holder: ModContextHolder | None = None) -> None:
         super().__init__(config, layer_idx)
         self.layer_idx = layer_idx
         self.mod = mod
@@ -170,6 +217,15 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         # With a shared router every MoD layer holds the same module: one parameter, and the state
         # dict still names it `model.layers.{i}.router.weight` per layer like the released checkpoints.
         self.router = router
+        # Not a submodule (no parameters, not in the state dict): the model sets its context per forward.
+        self.context_holder = context_holder
+        self.self_attn.config = _SdpaForFlashConfig(self.self_attn.config)
+
+    def __call__(self, *args, **kwargs):
+        # Bind the holder's context now: a gradient-checkpointing recompute replays these kwargs later.
+        if kwargs.get("mod_context") is None and self.context_holder is not None:
+            kwargs["mod_context"] = self.context_holder.context
+        return super().__call__(*args, **kwargs)
 
     # -- routing -----------------------------------------------------------------------------
     def decode_rule_applies(self, ctx: ModForwardContext) -> bool:
@@ -326,26 +382,18 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         ctx: ModForwardContext,
         cache,
     ) -> torch.Tensor:
+        """The layer's own attention over the kept tokens' normed states (B, K, C) -> (B, K, C)."""
         attn = self.self_attn
         batch, width, _ = hidden.shape
-        shape = (batch, width, -1, attn.head_dim)
-        q = attn.q_proj(hidden).view(shape).transpose(1, 2)  # (B, H, K, D)
-        k = attn.k_proj(hidden).view(shape).transpose(1, 2)
-        v = attn.v_proj(hidden).view(shape).transpose(1, 2)
-        cos, sin = cos_sin
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        mask, key_valid = self.attention_mask_for_selection(selection, ctx, cache, width, q.dtype)
+        mask, key_valid = self.attention_mask_for_selection(selection, ctx, cache, width, hidden.dtype)
+        if mask is None and width > 1 and attn.config._attn_implementation == "eager":
+            # Eager attention has no causal flag (SDPA uses its causal kernel when the mask is None).
+            mask = torch.full((width, width), torch.finfo(hidden.dtype).min, dtype=hidden.dtype,
+                              device=hidden.device).triu(1)[None, None]
+        out, _ = attn(hidden_states=hidden, position_embeddings=cos_sin, attention_mask=mask, cache=cache)
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
             append_key_validity(cache, self.layer_idx, key_valid, batch, width)
-        interface: Callable = eager_attention_forward
-        if mask is None and attn.config._attn_implementation == "eager" and width > 1:
-            mask = torch.full((width, width), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
-        if attn.config._attn_implementation != "eager":
-            # flash-attention takes no arbitrary masks; MoD layers use SDPA there (dense layers keep flash).
-            interface = ALL_ATTENTION_FUNCTIONS["sdpa"]
-        out, _ = interface(attn, q, k, v, mask, dropout=attn.attention_dropout if self.training else 0.0, scaling=attn.scaling)
-        return attn.o_proj(out.reshape(batch, width, -1).contiguous())
+        return out
 
     def forward(
         self,
@@ -359,7 +407,8 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         **kwargs,
     ) -> torch.Tensor:
         if mod_context is None:
-            raise ValueError(f"MoD layer {self.layer_idx} needs a ModForwardContext (run it through GammaLlamaModel)")
+            raise ValueError(f"MoD layer {self.layer_idx} needs a ModForwardContext (run it through a gamma-mod "
+                             "model: GammaLlamaModel or a MoD family model from gamma_mod.families)")
         if cache is None:
             cache = kwargs.get("past_key_values")
         ctx = mod_context
@@ -395,3 +444,30 @@ class MoDDecoderLayer(LlamaDecoderLayer):
         if skipped_scale is not None:
             base = base * torch.where(selection.keep, torch.ones_like(skipped_scale), skipped_scale).unsqueeze(-1).to(base.dtype)
         return selection.put(base, h.to(base.dtype))
+
+
+class MoDDecoderLayer(MoDLayerMixin, LlamaDecoderLayer):
+    """The Llama MoD layer of our LLaVA fork (gamma_mod/model/llava_llama.py)."""
+
+
+_MOD_CLASSES: dict[type, type] = {LlamaDecoderLayer: MoDDecoderLayer}
+
+
+def mod_layer_class(dense_class: type) -> type:
+    """`class MoD<Dense>(MoDLayerMixin, Dense)`, made once per dense class (Llama: MoDDecoderLayer).
+
+    Registered in this module under its name so that pickling a model (torch.save) finds it."""
+    if issubclass(dense_class, MoDLayerMixin):
+        raise TypeError(f"{dense_class.__name__} is already a MoD layer")
+    cls = _MOD_CLASSES.get(dense_class)
+    if cls is None:
+        name = f"MoD{dense_class.__name__}"
+        cls = type(name, (MoDLayerMixin, dense_class), {"__module__": __name__, "__qualname__": name,
+                                                        "__doc__": f"MoD version of {dense_class.__qualname__}."})
+        _MOD_CLASSES[dense_class] = cls
+        globals()[name] = cls
+    return cls
+
+
+def is_mod_layer(module: nn.Module) -> bool:
+    return isinstance(module, MoDLayerMixin)

@@ -6,22 +6,32 @@ Everything here is pure tensor code with no model state, so it is tested on hand
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 
-def routable_token_mask(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int
-) -> torch.Tensor:
-    """Tokens a MoD layer may skip: the system prompt and the image tokens.
+def media_token_mask(input_ids: torch.Tensor, token_ids: int | Sequence[int]) -> torch.Tensor:
+    """(B, T) True at tokens whose id is one of `token_ids` (one id, or several: image and video tokens)."""
+    ids = (token_ids,) if isinstance(token_ids, int) else tuple(token_ids)
+    if len(ids) == 1:
+        return input_ids == ids[0]
+    return torch.isin(input_ids, torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device))
 
-    Computed from the batch: every real token up to and including the sample's last image token
-    (with `<image>` at the start of the human turn that is exactly system prompt + image). The
-    question, the answer and padding come later and are never routable ("masked routing learning").
-    Samples without an image have no routable token. (B, T) bool.
+
+def routable_token_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int | Sequence[int]
+) -> torch.Tensor:
+    """Tokens a MoD layer may skip: the system prompt and the image (and video) tokens.
+
+    Computed from the batch: every real token up to and including the sample's last media token
+    (`image_token_id`: one id, or the family's image and video token ids; with `<image>` at the start
+    of the human turn that is exactly system prompt + image). The question, the answer and padding
+    come later and are never routable ("masked routing learning"). Rows may hold different numbers of
+    media tokens. Samples without an image or video have no routable token. (B, T) bool.
     """
-    is_image = input_ids == image_token_id
+    is_image = media_token_mask(input_ids, image_token_id)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     # Last image position per row; -1 where a row has no image.
     last_image = torch.where(is_image, positions, torch.full_like(positions, -1)).amax(dim=1, keepdim=True)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ModConfig
 from .router import PModRouter, TokenRouter
-from .routing import ranked_keep_mask, routable_token_mask, topk_keep_mask, topk_skip_counts, truncated_keep_count
+from .routing import media_token_mask, ranked_keep_mask, routable_token_mask, topk_keep_mask, topk_skip_counts, truncated_keep_count
 
 
 class RoutingStrategy:
@@ -33,8 +33,10 @@ class RoutingStrategy:
     def router_input(self, residual: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def routable_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int) -> torch.Tensor:
-        """(B, T) tokens that may skip a layer; all others are always processed."""
+    def routable_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      image_token_id: int | tuple[int, ...]) -> torch.Tensor:
+        """(B, T) tokens that may skip a layer; all others are always processed. image_token_id: the
+        media token id(s) (a family's image and video tokens)."""
         return routable_token_mask(input_ids, attention_mask, image_token_id)
 
     def selection_score(self, logits: torch.Tensor) -> torch.Tensor:
@@ -138,7 +140,7 @@ class PModStrategy(RoutingStrategy):
         return residual
 
     def routable_mask(self, input_ids, attention_mask, image_token_id):
-        routable = input_ids == image_token_id  # vision tokens only (official mod_target_token_type "vision_all")
+        routable = media_token_mask(input_ids, image_token_id)  # vision tokens only (official mod_target_token_type "vision_all")
         return routable & attention_mask.bool() if attention_mask is not None else routable
 
     def selection_score(self, logits):
