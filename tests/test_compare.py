@@ -122,8 +122,9 @@ def test_speed_rows_for_pruners_count_pruned_tokens(tiny_model):
     inputs = random_inputs(tiny_model.config, batch=2, text_tokens=6)  # T = 1 + 16 + 6 = 23
     dense, fastv = speed_report({"dense": tiny_model, "fastv": view}, inputs, max_new_tokens=2, repeats=1, warmup=0)
     d, f = tiny_model.config.hidden_size, tiny_model.config.intermediate_size
-    assert fastv.tflops == pytest.approx((2 * layer_flops(23, d, f) + 2 * layer_flops(15, d, f)) / 1e12)
-    assert dense.tflops == pytest.approx(4 * layer_flops(23, d, f) / 1e12)
+    gqa = dict(q_dim=4 * 16, kv_dim=2 * 16)  # 4 query heads, 2 K/V heads of 16: K/V counted at GQA width
+    assert fastv.tflops == pytest.approx((2 * layer_flops(23, d, f, **gqa) + 2 * layer_flops(15, d, f, **gqa)) / 1e12)
+    assert dense.tflops == pytest.approx(4 * layer_flops(23, d, f, **gqa) / 1e12)
     per_token_layer = 2 * 2 * tiny_model.config.num_key_value_heads * 16 * 4  # K+V, batch 2, heads, head_dim, fp32
     assert fastv.kv_cache_mb * 2**20 == pytest.approx((2 * 23 + 2 * 15) * per_token_layer)
 

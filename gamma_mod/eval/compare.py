@@ -48,7 +48,7 @@ class MethodResult:
 @torch.no_grad()
 def prefill_profile(model, inputs) -> tuple[float, float, float, list[int]]:
     """(TFLOPs per sample, KV cache MB per sample, skipped fraction, layers that skip) of one prefill."""
-    from .flops import measured_layer_tokens, per_sample_tflops
+    from .flops import decoder_shape, measured_layer_tokens, per_sample_tflops
     from .speed import kv_cache_bytes
 
     device = next(model.parameters()).device
@@ -61,7 +61,8 @@ def prefill_profile(model, inputs) -> tuple[float, float, float, list[int]]:
     mod_stats = out.mod_context.stats if out.mod_context is not None else {}
     prune = model.model.last_prune_stats
     tokens = measured_layer_tokens(mask, config.num_hidden_layers, prune, mod_stats)
-    tflops = float(per_sample_tflops(tokens, config.hidden_size, config.intermediate_size).mean())
+    shape = decoder_shape(config)
+    tflops = float(per_sample_tflops(tokens, shape.hidden, shape.ffn, q_dim=shape.q_dim, kv_dim=shape.kv_dim).mean())
     kv_mb = kv_cache_bytes(out.cache) / 2**20 / mask.shape[0]
     if mod_stats:
         fractions = [s.skipped / s.routable for s in mod_stats.values() if s.routable]

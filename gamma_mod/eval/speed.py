@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError, UsageError
-from .flops import decoder_tflops, tflops_from_layer_tokens
+from .flops import decoder_shape, decoder_tflops, tflops_from_layer_tokens
 
 
 @dataclass
@@ -95,15 +95,15 @@ def kv_cache_bytes(cache) -> int:
 def measured_tflops(model, inputs: SpeedInputs, stats: dict, prune_stats=None) -> float:
     """Paper convention, per sample: dense layers see every real token, MoD layers what they kept;
     with a token pruner (`prune_stats`, the prefill's `last_prune_stats`) each layer what is left."""
-    config = model.config
+    shape = decoder_shape(model.config)
     seq = float(inputs.attention_mask.sum(dim=1).float().mean())
     batch = inputs.input_ids.shape[0]
     skip = {i: (skipped / batch) / seq for i, (_, skipped) in stats.items()}
     if prune_stats is not None:  # each layer's own mean token count (MoD skips subtracted)
         tokens = [float(t.float().mean()) - skip.get(i, 0.0) * seq for i, t in enumerate(prune_stats.layer_tokens)]
-        return tflops_from_layer_tokens(tokens, config.hidden_size, config.intermediate_size)
-    return decoder_tflops(int(round(seq)), config.hidden_size, config.intermediate_size,
-                          config.num_hidden_layers, sorted(skip), skip)
+        return tflops_from_layer_tokens(tokens, shape.hidden, shape.ffn, q_dim=shape.q_dim, kv_dim=shape.kv_dim)
+    return decoder_tflops(int(round(seq)), shape.hidden, shape.ffn, shape.num_layers, sorted(skip), skip,
+                          q_dim=shape.q_dim, kv_dim=shape.kv_dim)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..flops import decoder_tflops
+from ..flops import decoder_shape, decoder_tflops
 from ..speed import SpeedInputs, measured_tflops
 
 
@@ -88,8 +88,9 @@ class EfficiencyMeter:
         bucket.tokens += int(mask.sum())
         bucket.tflops += measured_tflops(module, SpeedInputs(ids, mask, None), stats) * batch
         seq = int(round(float(mask.sum(dim=1).float().mean())))
-        bucket.dense_tflops += decoder_tflops(seq, config.hidden_size, config.intermediate_size,
-                                              config.num_hidden_layers, [], 0.0) * batch
+        shape = decoder_shape(config)
+        bucket.dense_tflops += decoder_tflops(seq, shape.hidden, shape.ffn, shape.num_layers, [], 0.0,
+                                              q_dim=shape.q_dim, kv_dim=shape.kv_dim) * batch
         for layer, (routable, skipped) in stats.items():
             bucket.routable[layer] = bucket.routable.get(layer, 0) + routable
             bucket.skipped[layer] = bucket.skipped.get(layer, 0) + skipped
