@@ -270,37 +270,23 @@ def convert_folder(source: Path, out: Path, layers: list[int] | None, ratio: flo
 def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples: int, strategy: str,
                   pruners: list[str] = ()) -> list[PipelineReport]:
     """Dense, MoD and each pruner on the dense weights: accuracy, TFLOPs and prefill speed in one run."""
-    from PIL import Image
-
-    from .data.preprocess import encode_prompt
-    from .data.templates import get_template
-    from .data.tokenizer import load_tokenizer
-    from .eval.answer import generate_answers, left_pad
+    from .data.processor import get_processor
+    from .eval.answer import generate_answers, question_encoder
     from .eval.compare import compare_methods
     from .eval.scorers import synthetic
-    from .eval.speed import SpeedInputs
+    from .eval.speed import question_inputs
     from .model import LlavaLlamaForCausalLM
-    from .model.vision import ImageProcessor
     from .prune.view import with_pruner
 
-    template = get_template("vicuna_v1")
     questions = synthetic.read_questions(data.stage2_test, data.images)[:eval_samples]
     names = {"dense": dense_dir, f"MoD ({strategy})": mod_dir}
     models, encoders, prompts = {}, {}, {}
     for name, folder in names.items():
         model = LlavaLlamaForCausalLM.from_pretrained(folder).eval()
-        tokenizer = load_tokenizer(str(folder))
-        processor = ImageProcessor.from_model_config(model.config)
-
-        def encode(q, model=model, tokenizer=tokenizer, processor=processor):
-            with Image.open(q.image) as img:
-                pixels = processor(img)
-            return encode_prompt(tokenizer, template, q.text, model.config.num_image_tokens), pixels
-
-        batch = [encode(q) for q in questions[:32]]
-        ids, mask = left_pad([b[0] for b in batch], tokenizer.pad_token_id)
-        models[name], encoders[name] = model, (encode, tokenizer, folder.name)
-        prompts[name] = SpeedInputs(ids, mask, torch.stack([b[1] for b in batch]))
+        processor = get_processor(folder, template="vicuna_v1")  # the one prompt + image encoder
+        models[name] = model
+        encoders[name] = (question_encoder(processor), processor.tokenizer, folder.name)
+        prompts[name] = question_inputs(processor, questions[:32])
     for spec in pruners:  # training-free: the dense weights with a pruner
         view = with_pruner(models["dense"], spec)
         name = view.model.pruner.describe()

@@ -190,7 +190,7 @@ def test_mmbench_exact_by_default_lenient_opt_in(tmp_path):
     assert lenient["circular_accuracy"] == pytest.approx(2 / 3)  # {0}, {2} solved; {1, 1000001} not
     assert lenient["accuracy/count"] == pytest.approx(1 / 2)
     # LLaVA's prompt: hint, question, the present options, the letter instruction; image kept private.
-    q2 = [q for q in mmbench.read_questions(tmp_path, tsv) if q.question_id == 2][0]
+    q2 = [q for q in mmbench.read_questions(tmp_path, tsv, single_pred_prompt=True) if q.question_id == 2][0]
     assert q2.text == "<image>\nLook closely.\nQ2\nA. Dog\nB. cat\n" + mmbench.PROMPT_SUFFIX
     assert q2.extra["_image_base64"] == "aW1n"
 

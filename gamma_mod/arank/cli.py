@@ -62,13 +62,12 @@ def build_loader(model, model_path: str, data: str, images: str | None, template
 
     from torch.utils.data import DataLoader
 
-    from ..data.dataset import DataCollator, SupervisedDataset
+    from ..data.dataset import SupervisedDataset
     from ..data.formats import read_records
-    from ..data.templates import get_template
+    from ..data.processor import get_processor
     from ..data.tokenizer import load_tokenizer
-    from ..model.vision import ImageProcessor
 
-    tokenizer = load_tokenizer(model_path)
+    processor = get_processor(model, tokenizer=load_tokenizer(model_path), template=template, max_length=max_length)
     with tempfile.TemporaryDirectory() as tmp:
         if num_samples is not None:
             records = read_records(data)
@@ -76,10 +75,8 @@ def build_loader(model, model_path: str, data: str, images: str | None, template
                 # The dataset keeps image paths relative to `images`, not to the JSON: a copy elsewhere is fine.
                 data = Path(tmp) / Path(data).name
                 data.write_text(json.dumps(records[: record_pool(num_samples)]))
-        dataset = SupervisedDataset(data, images, tokenizer, ImageProcessor.from_model_config(model.config),
-                                    get_template(template), model.config.num_image_tokens, max_length,
-                                    on_bad_record="skip")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=DataCollator(tokenizer.pad_token_id))
+        dataset = SupervisedDataset.from_processor(data, images, processor, on_bad_record="skip")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=processor)  # right padding
 
 
 def load_batches(model_path: str, data: str, images: str | None, template: str, max_length: int, batch_size: int,

@@ -4,7 +4,8 @@
                    image folder, FORMAT_VERSION)
     cache = <json dir>/.gamma_mod_cache/<json stem>-<key[:16]>/  (or data.cache_dir)
     build : records -> datasets.Dataset of JSON strings -> map(num_proc) runs the same checks and
-            tokenize_record as SupervisedDataset, one row per record (bad ones carry reason+message)
+            tokenization (the LLaVA-fork processor's) as SupervisedDataset, one row per record
+            (bad ones carry reason+message)
           -> report.json (skip counts, every bad record, image (size, mtime)) + the good rows, saved
     load  : load_from_disk (memory-mapped: every rank and DataLoader worker shares the page cache)
     rows  : each run of image tokens is stored as ONE image id (its label one IGNORE_INDEX) with the run's
@@ -22,6 +23,7 @@ changed, so a replaced or deleted image is checked again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,9 +40,11 @@ import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
-from .dataset import BAD_RECORD_MODES, check_image, open_image
+from .dataset import BAD_RECORD_MODES
 from .formats import DataError, read_records, record_id, validate_record
-from .preprocess import OVERLONG_MODES, tokenize_record
+from .images import check_image, open_image
+from .preprocess import OVERLONG_MODES
+from .processor import LlavaForkProcessor
 from .templates import ConversationTemplate
 from .tokenizer import image_token_id
 
@@ -125,14 +129,13 @@ def _image_stat(path: Path) -> list[int] | None:
 _CHECKED_IMAGES: dict[tuple, DataError | None] = {}
 
 
-def _process(batch: dict[str, list], indices: list[int], *, json_path: str, image_folder: str | None, tokenizer,
-             template: ConversationTemplate, num_image_tokens: int, max_length: int,
-             on_overlong: str) -> dict[str, list]:
+def _process(batch: dict[str, list], indices: list[int], *, json_path: str, image_folder: str | None,
+             processor: LlavaForkProcessor) -> dict[str, list]:
     """One map() batch: every record -> one row; a bad record's row holds its located error."""
     out: dict[str, list] = {name: [] for name in FEATURES}
     checked = _CHECKED_IMAGES
     folder = Path(image_folder) if image_folder else None
-    image_id = image_token_id(tokenizer)
+    image_id = image_token_id(processor.tokenizer)
     for text, index in zip(batch["record"], indices):
         record = json.loads(text)
         rid = record_id(record, index)
@@ -154,7 +157,7 @@ def _process(batch: dict[str, list], indices: list[int], *, json_path: str, imag
                 if checked[key] is not None:
                     raise checked[key].located(record_id=rid)
                 row["image"] = record["image"]
-            sample = tokenize_record(record, tokenizer, template, num_image_tokens, max_length, on_overlong)
+            sample = processor.tokenize(record)
             n = len(sample.input_ids)
             ids, labels, runs = collapse_image_runs(sample.input_ids, sample.labels, image_id)
             row.update(input_ids=ids, labels=labels, image_runs=runs, truncated=sample.truncated,
@@ -218,6 +221,8 @@ class ArrowSupervisedDataset(Dataset):
         self.image_folder = Path(image_folder) if image_folder else None
         self.image_processor = image_processor
         self.image_id = image_token_id(tokenizer)
+        self.processor = LlavaForkProcessor(tokenizer, template, num_image_tokens, image_processor, max_length,
+                                            on_overlong)
         if not self.json_path.is_file():
             read_records(self.json_path)  # raises the usual "no such data file"
         key = cache_key(self.json_path, tokenizer, template, num_image_tokens, max_length, on_overlong,
@@ -232,8 +237,7 @@ class ArrowSupervisedDataset(Dataset):
                             "cache", source=self.json_path) from None
         self.cache_path = root / f"{self.json_path.stem}-{key[:16]}"
         fn_kwargs = dict(json_path=str(self.json_path), image_folder=str(self.image_folder) if self.image_folder
-                         else None, tokenizer=tokenizer, template=template, num_image_tokens=num_image_tokens,
-                         max_length=max_length, on_overlong=on_overlong)
+                         else None, processor=dataclasses.replace(self.processor, image_processor=None))
         with FileLock(str(self.cache_path) + ".lock"):
             if self.cache_path.is_dir() and not self._images_unchanged():
                 logger.warning("%s: an image changed since the cache was built; rebuilding", self.cache_path)
@@ -245,6 +249,15 @@ class ArrowSupervisedDataset(Dataset):
         self.report = json.loads((self.cache_path / "report.json").read_text())
         self.data = datasets.load_from_disk(str(self.cache_path))
         self._report(on_bad_record, max_length)
+
+    @classmethod
+    def from_processor(cls, json_path: str | Path, image_folder: str | Path | None, processor: LlavaForkProcessor,
+                       on_bad_record: str = "error", *, num_proc: int = 1,
+                       cache_dir: str | Path | None = None) -> "ArrowSupervisedDataset":
+        """The dataset of `processor`'s tokenizer, template, image processing, max_length and on_overlong."""
+        return cls(json_path, image_folder, processor.tokenizer, processor.image_processor, processor.template,
+                   processor.num_image_tokens, processor.max_length, on_bad_record, processor.on_overlong,
+                   num_proc=num_proc, cache_dir=cache_dir)
 
     def _images_unchanged(self) -> bool:
         report = json.loads((self.cache_path / "report.json").read_text())
@@ -305,5 +318,5 @@ class ArrowSupervisedDataset(Dataset):
                 image = open_image(self.image_folder / row["image"], row["sample_id"])
             except DataError as error:  # the file changed since the cache checked it
                 raise error.located(self.json_path) from None
-            item["pixel_values"] = self.image_processor(image)
+            item["pixel_values"] = self.processor.image_tensor(image, row["sample_id"])  # (3, S, S)
         return item

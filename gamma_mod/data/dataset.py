@@ -1,4 +1,8 @@
-"""A supervised multimodal dataset over LLaVA JSON + an image folder, and its collator."""
+"""A supervised multimodal dataset over LLaVA JSON + an image folder, and its collator.
+
+Tokenization, image pixels and batching are the LLaVA-fork processor's (gamma_mod.data.processor):
+records are tokenized up front (`processor.tokenize`), images opened per item (`processor.image_tensor`).
+"""
 
 from __future__ import annotations
 
@@ -9,39 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .formats import DataError, read_records, record_id, validate_record
-from .preprocess import IGNORE_INDEX, OVERLONG_MODES, TokenizedSample, tokenize_record
+from .images import check_image, open_image
+from .preprocess import IGNORE_INDEX, OVERLONG_MODES, TokenizedSample
+from .processor import LlavaForkProcessor, collate_features
 from .templates import ConversationTemplate
+
+__all__ = ["BAD_RECORD_MODES", "DataCollator", "IGNORE_INDEX", "SupervisedDataset", "check_image", "open_image"]
 
 logger = logging.getLogger(__name__)
 BAD_RECORD_MODES = ("error", "skip")
-
-
-def open_image(path: Path, rid: str | None = None) -> Image.Image:
-    """The image as RGB, fully decoded (a truncated file fails here, not in the collator)."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image file {path} not found", "missing image", record_id=rid) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"image file {path} is corrupt or not an image ({e})", "corrupt image",
-                        record_id=rid) from None
-
-
-def check_image(path: Path, rid: str | None = None) -> None:
-    """Cheap init-time check (header + PIL's verify, no full decode): 665K images must not take an hour."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except FileNotFoundError:
-        raise DataError(f"image file {path} not found", "missing image", record_id=rid) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"image file {path} is corrupt or not an image ({e})", "corrupt image",
-                        record_id=rid) from None
 
 
 @dataclass
@@ -74,6 +57,8 @@ class SupervisedDataset(Dataset):
         self.on_overlong = on_overlong
         self.json_path = Path(json_path)
         self.image_processor = image_processor
+        self.processor = LlavaForkProcessor(tokenizer, template, num_image_tokens, image_processor, max_length,
+                                            on_overlong)
         self.image_folder = Path(image_folder) if image_folder else None
         self.skipped: dict[str, int] = {}
         self.entries: list[_Entry] = []
@@ -81,7 +66,7 @@ class SupervisedDataset(Dataset):
         counts: Counter[str] = Counter()
         for index, record in enumerate(records):
             try:
-                self.entries.append(self._prepare(record, index, tokenizer, template, num_image_tokens, max_length))
+                self.entries.append(self._prepare(record, index))
             except DataError as error:
                 error = error.located(self.json_path, record_id(record, index))
                 if on_bad_record == "error":
@@ -102,7 +87,14 @@ class SupervisedDataset(Dataset):
                            "(they train here)", json_path, self.official_masked, len(self.entries))
         logger.info("%s: %d records ready", json_path, len(self.entries))
 
-    def _prepare(self, record: Any, index: int, tokenizer, template, num_image_tokens, max_length) -> _Entry:
+    @classmethod
+    def from_processor(cls, json_path: str | Path, image_folder: str | Path | None, processor: LlavaForkProcessor,
+                       on_bad_record: str = "error") -> "SupervisedDataset":
+        """The dataset of `processor`'s tokenizer, template, image processing, max_length and on_overlong."""
+        return cls(json_path, image_folder, processor.tokenizer, processor.image_processor, processor.template,
+                   processor.num_image_tokens, processor.max_length, on_bad_record, processor.on_overlong)
+
+    def _prepare(self, record: Any, index: int) -> _Entry:
         validate_record(record, index, self.json_path)
         rid = record_id(record, index)
         image = None
@@ -111,8 +103,7 @@ class SupervisedDataset(Dataset):
                 raise DataError("has an image but no image folder was given", "missing image")
             image = self.image_folder / record["image"]
             check_image(image, rid)  # fail now, not mid-epoch
-        sample = tokenize_record(record, tokenizer, template, num_image_tokens, max_length, self.on_overlong)
-        return _Entry(rid, sample, image)
+        return _Entry(rid, self.processor.tokenize(record), image)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -141,7 +132,7 @@ class SupervisedDataset(Dataset):
                 image = open_image(entry.image, entry.id)
             except DataError as error:  # the file changed since __init__ checked it
                 raise error.located(self.json_path) from None
-            item["pixel_values"] = self.image_processor(image)
+            item["pixel_values"] = self.processor.image_tensor(image, entry.id)  # (3, S, S)
         return item
 
 
@@ -153,20 +144,4 @@ class DataCollator:
     pad_token_id: int
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(x["input_ids"]) for x in items)
-        batch = len(items)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros(batch, width, dtype=torch.long)
-        for b, x in enumerate(items):
-            n = len(x["input_ids"])
-            input_ids[b, :n] = torch.as_tensor(x["input_ids"])
-            labels[b, :n] = torch.as_tensor(x["labels"])
-            attention_mask[b, :n] = 1
-        out: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        if all("sample_id" in x for x in items):
-            out["sample_ids"] = [x["sample_id"] for x in items]  # for error messages; the trainer pops it
-        images = [x["pixel_values"] for x in items if "pixel_values" in x]
-        if images:
-            out["pixel_values"] = torch.stack(images)  # (N_images, 3, S, S)
-        return out
+        return collate_features(items, self.pad_token_id, "right")

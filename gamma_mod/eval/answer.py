@@ -4,10 +4,15 @@ Batched greedy `generate()` with a KV cache and LEFT padding (the model derives 
 2D mask, so a padded row generates what it would alone), a progress bar, and resumable output:
 each batch's answers are appended and flushed to a JSONL file, and question ids already there are
 skipped on restart. Only the new tokens are decoded.
+
+Prompts come from the model's processor (gamma_mod.data.processor): `question_encoder(processor)` is
+the Encoder every command passes here; `left_pad` is the processor's left-padding collate.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..data.processor import collate_features
 from ..errors import DataError
 from .questions import Question
 
@@ -23,7 +29,36 @@ from .questions import Question
 Encoder = Callable[[Question], tuple[list[int], torch.Tensor | None]]
 
 __all__ = ["Encoder", "Question", "answer_line", "answered_ids", "check_images", "encode_question", "generate_answers",
-           "left_pad"]
+           "left_pad", "load_image", "question_encoder", "question_features"]
+
+
+def load_image(question: Question):
+    """The question's image as RGB PIL: a file, or MMBench's base64 column (kept out of the answers)."""
+    from PIL import Image
+
+    if "_image_base64" in question.extra:
+        return Image.open(io.BytesIO(base64.b64decode(question.extra["_image_base64"]))).convert("RGB")
+    if question.image is None:
+        return None
+    with Image.open(question.image) as img:
+        return img.convert("RGB")
+
+
+def question_features(processor, question: Question) -> dict[str, Any]:
+    """`processor.encode_prompt` of the question with its image; a model without a vision tower is
+    asked the text alone (the processor then drops the `<image>` tag)."""
+    image = load_image(question) if getattr(processor, "has_vision", True) else None
+    return processor.encode_prompt(question.text, image=image)
+
+
+def question_encoder(processor) -> Encoder:
+    """The answer loop's Encoder over a LLaVA-fork processor: (prompt ids, pixel values (3, S, S) or None)."""
+    def encode(question: Question) -> tuple[list[int], torch.Tensor | None]:
+        features = question_features(processor, question)
+        pixels = features.get("pixel_values")
+        return features["input_ids"].tolist(), (pixels[0] if pixels is not None else None)
+
+    return encode
 
 
 def check_images(questions: list[Question]) -> None:
@@ -46,6 +81,10 @@ def encode_question(encode: Encoder, question: Question) -> tuple[list[int], tor
     except (OSError, SyntaxError) as e:  # PIL: not an image, truncated or corrupt
         raise DataError(f"question {question.question_id}: image file {question.image or '(embedded in the question)'} "
                         f"is corrupt or truncated ({e})", "corrupt image") from None
+    except DataError:
+        raise
+    except ValueError as e:  # the processor's: e.g. two image tags for one image
+        raise DataError(f"question {question.question_id}: {e}", "bad question") from None
 
 
 def answered_ids(path: Path) -> set[str]:
@@ -69,13 +108,8 @@ def answered_ids(path: Path) -> set[str]:
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and attention mask, real tokens right-aligned so every row's next token is at -1."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
-    return ids, mask
+    batch = collate_features([{"input_ids": p} for p in prompts], pad_id, padding_side="left")
+    return batch["input_ids"], batch["attention_mask"]
 
 
 def answer_line(question: Question, text: str) -> dict[str, Any]:

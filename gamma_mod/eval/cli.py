@@ -10,8 +10,6 @@ rerun the same command after an interruption), metrics or the submission file be
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import logging
 from pathlib import Path
@@ -58,36 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write --prune into the model folder's config.json (later runs use it by default)")
 
 
-def load_image(question):
-    """The question's image as RGB PIL: a file, or MMBench's base64 column (kept out of the answers)."""
-    from PIL import Image
-
-    if "_image_base64" in question.extra:
-        return Image.open(io.BytesIO(base64.b64decode(question.extra["_image_base64"]))).convert("RGB")
-    if question.image is None:
-        return None
-    with Image.open(question.image) as img:
-        return img.convert("RGB")
-
-
 def build_encoder(tokenizer, config, template_name: str):
-    from ..data.preprocess import encode_prompt
-    from ..data.templates import get_template
-    from ..model.vision.image_processing import ImageProcessor
+    """The answer loop's Encoder for a model with `config`: its LLaVA-fork processor (gamma_mod.data.processor)
+    poses each question with its image."""
+    from ..data.processor import LlavaForkProcessor
+    from .answer import question_encoder
 
-    template = get_template(template_name)
-    processor = ImageProcessor.from_model_config(config) if config.vision_config else None
-    num_image_tokens = config.num_image_tokens
-
-    def encode(question):
-        image = load_image(question) if processor is not None else None
-        text = question.text
-        if image is None and "<image>" in text:  # a model without a vision tower
-            text = text.replace("<image>", "").strip()
-        pixels = processor(image) if image is not None else None
-        return encode_prompt(tokenizer, template, text, num_image_tokens), pixels
-
-    return encode
+    return question_encoder(LlavaForkProcessor.from_config(config, tokenizer, template_name))
 
 
 def save_prune(folder: Path, prune: dict | None) -> None:
@@ -119,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.score_only:
         import torch
 
+        from ..data.processor import get_processor
         from ..data.tokenizer import load_tokenizer
         from ..model.configuration import load_config
         from ..model.folder import check_model_folder, load_model_folder
-        from .answer import check_images, generate_answers
+        from .answer import check_images, generate_answers, question_encoder
 
         questions = read_questions(benchmark, data, PromptOptions(
             mmbench_single_pred_prompt=args.mmbench_single_pred_prompt,
@@ -146,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
         if mod is not None and mod.official and args.batch_size > 1:
             logger.warning("official compat mode with --batch-size %d: the official decode rule follows batch row 0, "
                            "so answers depend on the batch; the official numbers use --batch-size 1", args.batch_size)
-        tokenizer = load_tokenizer(args.model)
+        processor = get_processor(model, tokenizer=load_tokenizer(args.model), template=args.template)
         logger.info("%s: %d questions -> %s", benchmark.name, len(questions), answers)
-        generate_answers(model, questions, build_encoder(tokenizer, model.config, args.template), tokenizer, answers,
+        generate_answers(model, questions, question_encoder(processor), processor.tokenizer, answers,
                          batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens or max_new_tokens_for(
                              benchmark.name, args.max_new_tokens_preset, default=benchmark.max_new_tokens))

@@ -206,11 +206,12 @@ def run_compare(args: argparse.Namespace) -> list[MethodResult]:
     from ..model.folder import check_model_folder, load_model_folder
     from ..prune import build_pruner
     from ..prune.view import with_pruner
-    from .answer import check_images, generate_answers, left_pad
-    from .cli import build_encoder, read_questions
+    from ..data.processor import get_processor
+    from .answer import check_images, generate_answers, question_encoder
+    from .cli import read_questions
     from .prompts import PromptOptions
     from .scorers import get_benchmark
-    from .speed import SpeedInputs
+    from .speed import question_inputs
 
     # Every input is checked before any model loads or anything is written (gamma_mod/errors.py).
     benchmark = get_benchmark(args.benchmark)
@@ -248,13 +249,9 @@ def run_compare(args: argparse.Namespace) -> list[MethodResult]:
 
     encoders, speed_inputs = {}, {}
     for name, folder in folders.items():
-        tokenizer = load_tokenizer(str(folder))
-        encode = build_encoder(tokenizer, models[name].config, args.template)
-        encoders[name] = (encode, tokenizer)
-        encoded = [encode(q) for q in questions[:args.speed_samples]]
-        ids, mask = left_pad([e[0] for e in encoded], tokenizer.pad_token_id or 0)
-        images = [e[1] for e in encoded if e[1] is not None]
-        speed_inputs[name] = SpeedInputs(ids, mask, torch.stack(images) if images else None)
+        processor = get_processor(models[name], tokenizer=load_tokenizer(str(folder)), template=args.template)
+        encoders[name] = (question_encoder(processor), processor.tokenizer)
+        speed_inputs[name] = question_inputs(processor, questions[:args.speed_samples])
 
     def answer(name: str, model) -> float:
         encode, tokenizer = encoders[name]

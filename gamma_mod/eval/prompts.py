@@ -17,7 +17,7 @@ scripts/v1_5/eval_full/*.sh with `--conv-mode vicuna_v1 --temperature 0`), forks
 - model_vqa (MM-Vet): "<image>\\n" + the text, verbatim. 64 tokens (γ-MoD) / 1024 (LLaVA-1.5).
 
 Every prompt then goes through the `vicuna_v1` template and LLaVA's chunk-wise tokenization
-(gamma_mod.data.preprocess.encode_prompt); greedy decoding, 1 beam. Deliberate deviation: γ-MoD's
+(the model's processor, gamma_mod.data.processor); greedy decoding, 1 beam. Deliberate deviation: γ-MoD's
 scripts stop after the first 20000 questions (`max_samples`; VQAv2 test-dev has 107394); we answer
 all. MMBench's `--all-rounds` (circular rotation) and the Chinese instruction are not reproduced
 (no official script passes them for MMBench-en).
@@ -25,17 +25,13 @@ all. MMBench's `--all-rounds` (circular rotation) and the Chinese instruction ar
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .questions import IMAGE_TAG, Question
+from .questions import Question
 from .scorers import mmbench, scienceqa
 
-logger = logging.getLogger(__name__)
-
-LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+LETTER_INSTRUCTION = mmbench.PROMPT_SUFFIX
 MAX_NEW_TOKENS_PRESETS = ("gamma-mod", "llava-1.5")
 
 
@@ -81,102 +77,48 @@ def max_new_tokens_for(benchmark: str, preset: str = "gamma-mod", default: int |
 
 def read_benchmark_questions(benchmark, data_dir: str | Path, options: PromptOptions = PromptOptions()
                              ) -> list[Question]:
-    """`benchmark`'s questions (a gamma_mod.eval.scorers.Benchmark) with the official prompts."""
+    """`benchmark`'s questions (a gamma_mod.eval.scorers.Benchmark) with the official prompts: the
+    scorer module's one reader, with the switches of `options`."""
     root = Path(data_dir)
     if benchmark.name == "mmbench":
-        return read_mmbench_questions(root / mmbench.QUESTIONS, options.mmbench_single_pred_prompt)
+        return mmbench.read_questions(root, single_pred_prompt=options.mmbench_single_pred_prompt)
     if benchmark.name == "scienceqa":
-        return read_scienceqa_questions(root / scienceqa.QUESTIONS, root / scienceqa.IMAGES,
-                                        options.scienceqa_all_questions)
+        return scienceqa.read_questions(root, all_questions=options.scienceqa_all_questions)
     return benchmark.read_questions(root)
 
 
-def read_scienceqa_questions(question_file: str | Path, image_folder: str | Path, all_questions: bool = False
-                             ) -> list[Question]:
-    """model_vqa_science with --single-pred-prompt over LLaVA's llava_test_CQM-A.json."""
-    questions, text_only = [], 0
-    for record in json.loads(Path(question_file).read_text()):
-        image = record.get("image")
-        if not image:
-            text_only += 1
-            if not all_questions:
-                continue
-        text = record["conversations"][0]["value"].replace(IMAGE_TAG, "").strip()
-        text = (f"{IMAGE_TAG}\n{text}" if image else text) + "\n" + LETTER_INSTRUCTION
-        questions.append(Question(question_id=record["id"], text=text,
-                                  image=str(Path(image_folder) / image) if image else None))
-    if text_only and not all_questions:
-        logger.info("%s: skipped %d text-only questions, as γ-MoD's model_vqa_science does "
-                    "(--scienceqa-all-questions answers them)", question_file, text_only)
-    return questions
-
-
-def mmbench_is_none(value: str | None) -> bool:
-    """model_vqa_mmbench's is_none over what pandas.read_table makes of a cell: its default NA
-    strings become NaN; "nan" / "none" in any case count as absent too."""
-    return value is None or value in _PANDAS_NA or value.lower() in ("nan", "none")
-
-
-# pandas' default na_values (pandas.io.parsers STR_NA_VALUES), matched exactly, unstripped.
-_PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                        "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
-
-
-def mmbench_prompt(row: dict[str, str], single_pred_prompt: bool = False) -> str:
-    """The user turn model_vqa_mmbench builds from one TSV row (values verbatim)."""
-    options = []
-    for letter in "ABCD":
-        if mmbench_is_none(row.get(letter)):
-            break  # the official loop stops at the first absent option
-        options.append((letter, row[letter]))
-    question = row["question"]
-    if not mmbench_is_none(row.get("hint")):
-        question = row["hint"] + "\n" + question
-    for letter, option in options:
-        question += "\n" + letter + ". " + option
-    text = f"{IMAGE_TAG}\n{question}"
-    return text + "\n" + LETTER_INSTRUCTION if single_pred_prompt else text
+# The readers live with their scorers (one reader per benchmark); these names stay for callers.
+read_scienceqa_questions = scienceqa.read_question_file
+mmbench_is_none = mmbench.is_none
+mmbench_prompt = mmbench.prompt
 
 
 def read_mmbench_questions(tsv: str | Path, single_pred_prompt: bool = False) -> list[Question]:
-    return [Question(question_id=int(row["index"]), text=mmbench_prompt(row, single_pred_prompt),
-                     extra={"category": row.get("category", ""), "_image_base64": row["image"]})
-            for row in mmbench.read_rows(tsv)]
+    return mmbench.read_questions(None, tsv, single_pred_prompt)
 
 
 def prompts_from_dataset(model_dir: str, data_json: str, image_folder: str | None, num_samples: int,
                          template: str = "vicuna_v1"):
     """Real prompts for the speed report: the first questions of a LLaVA-format file (their image
-    tag moved first, as training sees them), left-padded. Returns SpeedInputs.
+    tag moved first, as training sees them), posed by the model's processor, left-padded. Returns SpeedInputs.
 
     torch and the model stack are imported here: the question readers above stay light."""
-    import torch
-    from transformers import AutoConfig
-
-    from ..data.dataset import open_image
     from ..data.formats import DataError, read_records, record_id
-    from ..data.preprocess import encode_prompt, record_turns
-    from ..data.templates import get_template
-    from ..data.tokenizer import load_tokenizer
-    from ..model.vision import ImageProcessor
-    from .answer import left_pad
+    from ..data.images import open_image
+    from ..data.preprocess import record_turns
+    from ..data.processor import get_processor
     from .speed import SpeedInputs
 
-    config = AutoConfig.from_pretrained(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    processor = ImageProcessor.from_model_config(config)
+    processor = get_processor(model_dir, template=template)
     records = [(i, r) for i, r in enumerate(read_records(data_json)) if isinstance(r, dict) and r.get("image")]
     records = records[:num_samples]
     if not records:
         raise DataError("no records with an image", "no usable records", source=data_json)
-    prompts, pixels = [], []
+    features = []
     for i, r in records:
-        prompts.append(encode_prompt(tokenizer, get_template(template), record_turns(r)[0][0],
-                                     config.num_image_tokens))
         try:
-            pixels.append(processor(open_image(Path(image_folder or ".") / r["image"], record_id(r, i))))
+            image = open_image(Path(image_folder or ".") / r["image"], record_id(r, i))
         except DataError as e:
             raise e.located(data_json) from None
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    return SpeedInputs(ids, mask, torch.stack(pixels))
-
+        features.append(processor.encode_prompt(record_turns(r)[0][0], image=image))
+    return SpeedInputs.from_batch(processor.collate(features, padding_side="left"))

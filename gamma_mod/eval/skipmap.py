@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .questions import IMAGE_TAG, with_image_tag
+from ..data.processor import pose_question
 
 
 @dataclass
@@ -78,8 +78,9 @@ def draw_skip_map(image: Image.Image, skip_map: SkipMap, path: str, tile: int = 
 
 def skipmap_question(question: str) -> str:
     """The user turn of the skip-map prompt: the question as given when it places `<image>` itself,
-    else `<image>\n` + the question (model_vqa's layout), so the image is always in the prompt."""
-    return question if IMAGE_TAG in question else with_image_tag(question, has_image=True)
+    else `<image>\n` + the question (model_vqa's layout), so the image is always in the prompt.
+    It is the processor's rule for a question with one image (gamma_mod.data.processor.pose_question)."""
+    return pose_question(question, n_images=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,13 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.dataset import open_image
-    from ..data.preprocess import encode_prompt
-    from ..data.templates import get_template
+    from ..data.images import open_image
+    from ..data.processor import get_processor
     from ..data.tokenizer import load_tokenizer
     from ..errors import UsageError
     from ..model.folder import load_model_folder
-    from ..model.vision import ImageProcessor
 
     out = Path(args.out)
     if not out.parent.is_dir() or out.suffix.lower() not in Image.registered_extensions():
@@ -108,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_folder(args.model, tokenizer=True, what="--model", compat=args.compat)
     if model.config.mod_config() is None:
         raise UsageError(f"--model {args.model} has no MoD layers: no skip map to draw")
-    tokenizer = load_tokenizer(args.model)
-    ids = encode_prompt(tokenizer, get_template(args.template), skipmap_question(args.question),
-                        model.config.num_image_tokens)
-    pixels = ImageProcessor.from_model_config(model.config)(image).unsqueeze(0)
-    skip_map = compute_skip_map(model, torch.tensor([ids]), pixels)
+    processor = get_processor(model, tokenizer=load_tokenizer(args.model), template=args.template)
+    try:
+        prompt = processor.collate([processor.encode_prompt(args.question, image=image)], padding_side="left")
+    except ValueError as e:  # e.g. two image tags for the one image
+        raise UsageError(f"--question: {e}") from None
+    skip_map = compute_skip_map(model, prompt["input_ids"], prompt["pixel_values"])
     draw_skip_map(image, skip_map, args.out)
     for layer, frac in zip(skip_map.layers, skip_map.skip_fraction):
         print(f"layer {layer:3d}: {100 * frac:5.1f}% of image patches skipped")

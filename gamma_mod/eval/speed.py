@@ -27,6 +27,11 @@ class SpeedInputs:
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor | None
 
+    @classmethod
+    def from_batch(cls, batch: dict) -> "SpeedInputs":
+        """A processor's left-padded collate output (`processor.collate(features, padding_side="left")`)."""
+        return cls(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"))
+
 
 @dataclass
 class SpeedRow:
@@ -182,6 +187,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune", action="append", default=[], metavar="SPEC",
                         help="one more row: the dense model with a token pruner (gamma_mod.prune), e.g. "
                              "fastv:K=2,R=0.5 or pdrop:layers=8,16,24,lambda=0.5; repeatable")
+
+
+def question_inputs(processor, questions) -> SpeedInputs:
+    """Prompts of benchmark questions, posed by the model's processor and left-padded, for timing."""
+    from .answer import question_features
+
+    return SpeedInputs.from_batch(processor.collate([question_features(processor, q) for q in questions],
+                                                    padding_side="left"))
 
 
 def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedInputs:

@@ -198,19 +198,17 @@ def apply_lora(model, cfg: TrainConfig):
 
 def build_dataset(cfg: TrainConfig, tokenizer, model):
     from ..data.arrow import ArrowSupervisedDataset
-    from ..data.dataset import DataCollator
-    from ..data.templates import get_template
-    from ..model.vision import ImageProcessor
+    from ..data.processor import get_processor
 
+    processor = get_processor(model, tokenizer=tokenizer, template=cfg.data.template, max_length=cfg.data.max_length,
+                              on_overlong=cfg.data.on_overlong)
     # Arrow-backed: tokenized once into a memory-mapped cache that every rank and DataLoader worker shares.
-    dataset = ArrowSupervisedDataset(
-        cfg.data.train_json, cfg.data.image_folder, tokenizer, ImageProcessor.from_model_config(model.config),
-        get_template(cfg.data.template), model.config.num_image_tokens, cfg.data.max_length, cfg.data.on_bad_record,
-        cfg.data.on_overlong, num_proc=cfg.data.num_proc, cache_dir=cfg.data.cache_dir,
-    )
+    dataset = ArrowSupervisedDataset.from_processor(cfg.data.train_json, cfg.data.image_folder, processor,
+                                                    cfg.data.on_bad_record, num_proc=cfg.data.num_proc,
+                                                    cache_dir=cfg.data.cache_dir)
     if len(dataset) == 0:
         raise DataError("no usable records", "no usable records", source=cfg.data.train_json)
-    return dataset, DataCollator(tokenizer.pad_token_id)
+    return dataset, processor  # the processor is the collator (right padding)
 
 
 # -- loop -------------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """The torch side of the lmms-eval plugin: load a model folder, turn (context, images) into our
 prompt, generate through our answer loop, score continuations. Knows nothing of lmms-eval.
 
-Prompts are built exactly as `gamma-mod eval` builds them (`eval.cli.build_encoder`): the question
-gets LLaVA's `<image>\\n` in front when it has an image and does not name one itself (lmms-eval's
-LLaVA model does the same), the conversation template wraps it (`data.preprocess.encode_prompt`),
-and each image goes through the model's own processor (`ImageProcessor.from_model_config`: CLIP,
+Prompts are built exactly as `gamma-mod eval` builds them, by the model's processor
+(`data.processor.LlavaForkProcessor.encode_prompt`): the question gets LLaVA's `<image>\\n` in front
+when it has an image and does not name one itself (lmms-eval's LLaVA model does the same), the
+conversation template wraps it, and each image goes through the tower's own image processing (CLIP,
 LLaVA-HR or Mini-Gemini-HD input). Generation IS the answer loop (`eval.answer.generate_answers`):
 greedy, KV cache, left padding, the image token suppressed, answers cut at EOS — so a task scores
 the same answers our own scorers would.
@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from ...data.formats import IMAGE_TAG
-from ...data.preprocess import encode_prompt
+from ...data.processor import LlavaForkProcessor
 from ...data.templates import ConversationTemplate, get_template
 from ..answer import generate_answers, left_pad
 from ..questions import Question, read_answers
@@ -53,16 +53,12 @@ class Prompt:
 class GammaModRunner:
     def __init__(self, model, tokenizer, template: ConversationTemplate, batch_size: int = 1,
                  max_new_tokens: int = 1024, efficiency: EfficiencyMeter | None = None) -> None:
-        from ...model.vision.image_processing import ImageProcessor
-
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = template
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
-        config = model.config
-        self.processor = ImageProcessor.from_model_config(config) if config.vision_config else None
-        self.num_image_tokens = config.num_image_tokens if config.vision_config else 0
+        self.processor = LlavaForkProcessor.from_config(model.config, tokenizer, template)
         self.has_mod_layers = bool(model.model.mod_layer_indices)
         self.efficiency = efficiency
 
@@ -109,7 +105,7 @@ class GammaModRunner:
             # The answer loop stacks one image per prompt (eval.answer.Encoder).
             raise ValueError(f"gamma_mod: {prompt.where}: {len(visuals)} images in one prompt; "
                              "the answer loop takes one image per prompt")
-        if visuals and self.processor is None:
+        if visuals and not self.processor.has_vision:
             raise ValueError(f"gamma_mod: {prompt.where}: the model has no vision tower but the request has an image")
         return visuals
 
@@ -128,8 +124,8 @@ class GammaModRunner:
         """(prompt ids with image tokens expanded, pixel values (3, S, S) or None)."""
         images = self.images_of(prompt)
         text = self.question_text(prompt.context, len(images), prompt.where)
-        ids = encode_prompt(self.tokenizer, self.template, text, self.num_image_tokens)
-        return ids, (self.processor(images[0]) if images else None)
+        features = self.processor.encode_prompt(text, image=images[0] if images else None)
+        return features["input_ids"].tolist(), (features["pixel_values"][0] if images else None)
 
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -137,7 +133,7 @@ class GammaModRunner:
     def continuation_ids(self, context: str, continuation: str, where: str) -> list[int]:
         """The continuation's tokens as they follow the rendered prompt (a tokenizer may join a
         leading space to the next word, so it is tokenized in place, not on its own)."""
-        prompt_text = self.template.render_prompt(context.strip())
+        prompt_text = self.processor.template.render_prompt(context.strip())  # as LLaVA renders it, tags kept
         head = self._text_ids(prompt_text)
         whole = self._text_ids(prompt_text + continuation)
         if whole[:len(head)] != head:

@@ -63,19 +63,45 @@ def options_of(row: dict[str, str]) -> dict[str, str]:
     return {k: row[k] for k in LETTERS if _present(row.get(k))}
 
 
-def read_questions(data_dir: str | Path, tsv: str | Path | None = None) -> list[Question]:
-    """LLaVA's model_vqa_mmbench prompt: hint, question, "A. ..." lines, the letter instruction."""
-    rows = read_rows(tsv or Path(data_dir) / QUESTIONS)
-    questions = []
-    for row in rows:
-        options = options_of(row)
-        parts = [row["hint"].strip()] if _present(row.get("hint")) else []
-        parts += [row["question"].strip()] + [f"{k}. {v.strip()}" for k, v in options.items()] + [PROMPT_SUFFIX]
-        questions.append(Question(
-            question_id=int(row["index"]), text="<image>\n" + "\n".join(parts),
-            extra={"category": row.get("category", ""), "_image_base64": row["image"]},
-        ))
-    return questions
+def is_none(value: str | None) -> bool:
+    """model_vqa_mmbench's is_none over what pandas.read_table makes of a cell: its default NA
+    strings become NaN; "nan" / "none" in any case count as absent too."""
+    return value is None or value in _PANDAS_NA or value.lower() in ("nan", "none")
+
+
+# pandas' default na_values (pandas.io.parsers STR_NA_VALUES), matched exactly, unstripped.
+_PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                        "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def prompt(row: dict[str, str], single_pred_prompt: bool = False) -> str:
+    """The user turn model_vqa_mmbench builds from one TSV row (values verbatim): hint + "\\n" +
+    question (no hint when absent), "\\nA. ..." per option up to the first absent one, the letter
+    instruction only with --single-pred-prompt."""
+    options = []
+    for letter in LETTERS:
+        if is_none(row.get(letter)):
+            break  # the official loop stops at the first absent option
+        options.append((letter, row[letter]))
+    question = row["question"]
+    if not is_none(row.get("hint")):
+        question = row["hint"] + "\n" + question
+    for letter, option in options:
+        question += "\n" + letter + ". " + option
+    text = f"<image>\n{question}"
+    return text + "\n" + PROMPT_SUFFIX if single_pred_prompt else text
+
+
+def read_questions(data_dir: str | Path | None, tsv: str | Path | None = None, single_pred_prompt: bool = False
+                   ) -> list[Question]:
+    """The questions with model_vqa_mmbench's prompts (the one reader: `gamma-mod eval` and the scorer);
+    `tsv` defaults to the data folder's dev file. γ-MoD's documented eval_full/mmbench.sh passes no
+    --single-pred-prompt (the default here); its eval/mmbench.sh and LLaVA-1.5's do."""
+    if tsv is None and data_dir is None:
+        raise ValueError("read_questions: give the data folder or the tsv")
+    return [Question(question_id=int(row["index"]), text=prompt(row, single_pred_prompt),
+                     extra={"category": row.get("category", ""), "_image_base64": row["image"]})
+            for row in read_rows(tsv or Path(data_dir) / QUESTIONS)]
 
 
 def score(answers_jsonl: str | Path, tsv: str | Path, options: MMBenchOptions = MMBenchOptions()) -> dict[str, float]:

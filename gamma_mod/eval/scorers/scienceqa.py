@@ -69,17 +69,31 @@ def predicted_index(answer: str, n_choices: int) -> int:
     return LETTERS.index(answer) if answer in LETTERS[:n_choices] else -1
 
 
-def read_questions(data_dir: str | Path) -> list[Question]:
-    """LLaVA's conversation-format test file; single-prediction prompt as in model_vqa_science."""
+def read_questions(data_dir: str | Path, all_questions: bool = False) -> list[Question]:
+    """The data folder's test questions with model_vqa_science's --single-pred-prompt prompts."""
     root = Path(data_dir)
-    questions = []
-    for record in json.loads((root / QUESTIONS).read_text()):
+    return read_question_file(root / QUESTIONS, root / IMAGES, all_questions)
+
+
+def read_question_file(question_file: str | Path, image_folder: str | Path, all_questions: bool = False
+                       ) -> list[Question]:
+    """model_vqa_science with --single-pred-prompt over LLaVA's llava_test_CQM-A.json: "<image>\\n" + the
+    first human turn without its tag, stripped, + "\\n" + the letter instruction. γ-MoD skips the
+    questions without an image (counted in the log); `all_questions` answers them too (LLaVA-1.5)."""
+    questions, text_only = [], 0
+    for record in json.loads(Path(question_file).read_text()):
         image = record.get("image")
+        if not image:
+            text_only += 1
+            if not all_questions:
+                continue
         text = record["conversations"][0]["value"].replace("<image>", "").strip()
-        questions.append(Question(
-            question_id=record["id"], text=with_image_tag(f"{text}\n{PROMPT_SUFFIX}", bool(image)),
-            image=str(root / IMAGES / image) if image else None,
-        ))
+        questions.append(Question(question_id=record["id"],
+                                  text=with_image_tag(text, bool(image)) + "\n" + PROMPT_SUFFIX,
+                                  image=str(Path(image_folder) / image) if image else None))
+    if text_only and not all_questions:
+        logger.info("%s: skipped %d text-only questions, as γ-MoD's model_vqa_science does "
+                    "(--scienceqa-all-questions answers them)", question_file, text_only)
     return questions
 
 
