@@ -23,6 +23,7 @@ exists only for our LLaVA fork and is refused here.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -190,21 +191,39 @@ class ModFamilyModelMixin:
                 decode = decode & step_mask.bool()
         return ModForwardContext(routable=routable_mask.bool(), decode=decode, attention_mask=step_mask)
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        mod_decode_start: int | None = None,
-        routable_mask: torch.Tensor | None = None,
-        **kwargs,
-    ):
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # generate() checks its kwargs against forward's signature: show the family's parameters plus ours.
+        family_forward = super(ModFamilyModelMixin, cls).forward
+        family_signature = inspect.signature(family_forward)
+        params = [p for p in family_signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+        cls._family_forward_params = tuple(p.name for p in params[1:] if p.kind == p.POSITIONAL_OR_KEYWORD)
+        ours = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                for name in ("mod_decode_start", "routable_mask")]
+        var_kw = [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+
+        def forward(self, *args, **kwargs):
+            return ModFamilyModelMixin.forward(self, *args, **kwargs)
+
+        forward.__signature__ = family_signature.replace(parameters=params + ours + var_kw)
+        forward.__doc__ = ModFamilyModelMixin.forward.__doc__
+        cls.forward = forward
+
+    def forward(self, *args, mod_decode_start: int | None = None, routable_mask: torch.Tensor | None = None,
+                **kwargs):
+        """The family's forward (same arguments) with MoD routing; `mod_decode_start`: tokens at or past this
+        index are generated tokens (generate() sets it); `routable_mask` (B, T): overrides the routable tokens."""
+        if len(args) > len(self._family_forward_params):
+            raise TypeError(f"{type(self).__name__}.forward takes at most {len(self._family_forward_params)} "
+                            "positional arguments")
+        kwargs.update(zip(self._family_forward_params, args))
+        input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         ctx = self.build_mod_context(input_ids, kwargs.get("inputs_embeds"), attention_mask, cache,
                                      mod_decode_start, routable_mask)
         self.mod_context_holder.context = ctx
         try:
-            outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            outputs = super().forward(**kwargs)
         finally:
             self.mod_context_holder.context = None  # MoD layers bound it when called
         routing_loss = None

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import yaml
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from ..errors import ConfigError
@@ -155,7 +156,7 @@ def build_family_config(spec: str | Path | dict[str, Any] | FamilySpec, **token_
             kwargs.setdefault("text_config", {})[key] = value
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, StrictDataclassFieldValidationError) as error:
         raise FamilySpecError(f"model spec {spec.source}: {cls.__name__} rejects the config: {error}") from error
 
 

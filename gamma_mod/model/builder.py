@@ -23,6 +23,9 @@ def load_model_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
         data = spec
     else:
         data = yaml.safe_load(resolve_config("model", spec).read_text()) or {}
+    if "family" in data:
+        raise ValueError(f"model spec {spec!r} is a family spec (family: {data['family']}), built by "
+                         "gamma_mod.families.specs, not a LLaVA-fork spec")
     unknown = set(data) - _SECTIONS
     if unknown:
         raise ValueError(f"model spec {spec!r}: unknown sections {sorted(unknown)} (allowed: {sorted(_SECTIONS)})")
