@@ -30,8 +30,11 @@ def attention_probs(attn, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor, tor
     """(B, t, C) normed hidden states of contiguous real tokens -> (B, H, t, t) causal probabilities in fp32."""
     batch, length, _ = hidden.shape
     shape = (batch, length, -1, attn.head_dim)
-    q = attn.q_proj(hidden).view(shape).transpose(1, 2)  # (B, H, t, D)
-    k = attn.k_proj(hidden).view(shape).transpose(1, 2)  # (B, H_kv, t, D)
+    q = attn.q_proj(hidden).view(shape)
+    k = attn.k_proj(hidden).view(shape)
+    if getattr(attn, "q_norm", None) is not None:  # Qwen3(-VL): per-head RMSNorm of q and k before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, t, D), (B, H_kv, t, D)
     cos, sin = cos_sin
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k = repeat_kv(k, attn.num_key_value_groups)  # grouped-query attention: one k per query head
@@ -66,18 +69,24 @@ def _select(table: torch.Tensor, b: int, block: slice) -> torch.Tensor:
 
 @contextmanager
 def capture_attention(model, sink: AttentionSink) -> Iterator[None]:
-    """While active, every forward of `model` (a dense LlavaLlamaForCausalLM) feeds `sink`.
+    """While active, every forward of `model` (a dense LlavaLlamaForCausalLM or a dense Hugging Face family
+    model: its text model's decoder layers, found by the family adapter) feeds `sink`.
 
     Meant for whole-sequence forwards (no KV cache): with a cache the hook sees only the new
-    tokens and the map would miss the cached keys, so that case is refused.
+    tokens and the map would miss the cached keys, so that case is refused. The (cos, sin) a layer's
+    attention receives are its positions' own, Qwen's multimodal M-RoPE included (transformers 5.24 merges
+    the three sections in the rotary module), so the same rotation applies to every family.
     """
-    from ..mod.layer import MoDDecoderLayer
+    from ..families import get_family
+    from ..mod.layer import is_mod_layer
 
-    decoder = model.model
-    if any(isinstance(layer, MoDDecoderLayer) for layer in decoder.layers):
+    adapter = get_family(model.config)
+    decoder, layers = adapter.language_model(model), adapter.decoder_layers(model)
+    mod_layers = [i for i, layer in enumerate(layers) if is_mod_layer(layer)]
+    if mod_layers:
         # MoD layers run their own attention on the kept tokens and never call self_attn's forward.
-        raise ValueError("ARank is measured on the dense (stage-1) model; this model already has MoD layers "
-                         f"{decoder.mod_layer_indices}")
+        raise ValueError(f"ARank is measured on the dense (stage-1) model; this model already has MoD layers "
+                         f"{mod_layers}")
     state: dict[str, torch.Tensor | None] = {"mask": None}
 
     def read_mask(module, args, kwargs):
@@ -98,7 +107,7 @@ def capture_attention(model, sink: AttentionSink) -> Iterator[None]:
 
     handles = [decoder.register_forward_pre_hook(read_mask, with_kwargs=True)]
     try:
-        for idx, layer in enumerate(decoder.layers):
+        for idx, layer in enumerate(layers):
             handles.append(layer.self_attn.register_forward_pre_hook(
                 lambda m, a, k, idx=idx: layer_hook(m, a, k, idx), with_kwargs=True))
         yield

@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,11 +26,25 @@ class SpeedInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor | None
+    # the other vision fields of a Hugging Face family's batch (image_grid_thw, image_sizes, videos, ...)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_batch(cls, batch: dict) -> "SpeedInputs":
         """A processor's left-padded collate output (`processor.collate(features, padding_side="left")`)."""
-        return cls(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"))
+        extra = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)
+                 and k not in ("input_ids", "attention_mask", "pixel_values", "labels")}
+        return cls(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), extra)
+
+    def model_kwargs(self, model) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask and the vision fields on the model's device, floats in its dtype."""
+        device = next(model.parameters()).device
+        kwargs = dict(input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device))
+        if self.pixel_values is not None:
+            kwargs["pixel_values"] = self.pixel_values.to(device=device, dtype=model.dtype)
+        for key, value in self.extra.items():
+            kwargs[key] = value.to(device=device, dtype=model.dtype if value.is_floating_point() else value.dtype)
+        return kwargs
 
 
 @dataclass
@@ -73,11 +87,7 @@ def alternating_prefill_times(models: dict[str, torch.nn.Module], inputs: dict[s
     for round_ in range(warmup + repeats):
         for name, model in models.items():
             device = next(model.parameters()).device
-            x = inputs[name]
-            kwargs = dict(input_ids=x.input_ids.to(device), attention_mask=x.attention_mask.to(device), use_cache=True,
-                          logits_to_keep=1)
-            if x.pixel_values is not None:
-                kwargs["pixel_values"] = x.pixel_values.to(device=device, dtype=model.dtype)
+            kwargs = dict(inputs[name].model_kwargs(model), use_cache=True, logits_to_keep=1)
             _sync(device)
             start = time.perf_counter()
             model(**kwargs)
@@ -85,6 +95,12 @@ def alternating_prefill_times(models: dict[str, torch.nn.Module], inputs: dict[s
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def outputs_cache(outputs):
+    """The KV cache of a forward's outputs: ours name it `cache`, transformers' `past_key_values`."""
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)
 
 
 def kv_cache_bytes(cache) -> int:
@@ -115,9 +131,7 @@ def measured_tflops(model, inputs: SpeedInputs, stats: dict, prune_stats=None) -
 def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, repeats: int = 3, warmup: int = 1) -> SpeedRow:
     device = next(model.parameters()).device
     model.eval()
-    kwargs = dict(input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device))
-    if inputs.pixel_values is not None:
-        kwargs["pixel_values"] = inputs.pixel_values.to(device=device, dtype=model.dtype)
+    kwargs = inputs.model_kwargs(model)
     batch = inputs.input_ids.shape[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -126,8 +140,8 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
     prefill_s = _timed(lambda: model(**kwargs, use_cache=True, logits_to_keep=1), device, repeats, warmup)
     out = model(**kwargs, use_cache=True, logits_to_keep=1)
     stats = dict(model.last_routing_stats)
-    prune_stats = getattr(model.model, "last_prune_stats", None)  # decode steps overwrite it below
-    kv = kv_cache_bytes(out.cache)
+    prune_stats = getattr(getattr(model, "model", None), "last_prune_stats", None)  # decode steps overwrite it
+    kv = kv_cache_bytes(outputs_cache(out))
     del out
 
     def generate(n: int):
