@@ -261,8 +261,9 @@ def run(args: argparse.Namespace) -> int:
 
     step("6/6 report")
     table = format_report(rows, data.chance_accuracy)
-    per_type = "\n".join(f"- {name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in m.items())
-                         for name, m in metrics.items())
+    per_type = "\n".join(f"- {name}: " + ", ".join(f"{k.split('/')[-1]} {100 * v:.1f}%" for k, v in m.items()
+                                                   if k.startswith("accuracy"))
+                         + f" ({m['answered']} questions)" for name, m in metrics.items())
     header = f"{args.base} ({family}, {'video' if args.video else 'images'})"
     print(f"{header}\n{table}\n{per_type}")
     (out / f"report_{args.strategy}.md").write_text(f"{header}\n\n{table}\n\nper question type:\n{per_type}\n")
