@@ -224,8 +224,33 @@ def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedI
     return SpeedInputs(ids, torch.ones_like(ids), pixels)
 
 
+def family_inputs(model, folder: str, data: str | None, images: str | None, num_samples: int) -> SpeedInputs:
+    """Prompts for a Hugging Face family model, posed by its own processor: the first human turns of --data's
+    records with their image / video (paths relative to --images, else to the JSON's folder), or, without
+    --data, "Describe the image." with seeded random 64x64 images."""
+    import numpy as np
+
+    from ..data.formats import read_records
+    from ..families.processing import HFFamilyProcessor
+
+    processor = HFFamilyProcessor.for_model(model, folder)
+    features = []
+    if data:
+        root = Path(images) if images else Path(data).parent
+        for record in read_records(data)[:num_samples]:
+            question = record["conversations"][0]["value"]
+            media = {k: str(root / record[k]) for k in ("image", "video") if record.get(k)}
+            features.append(processor.encode_prompt(question, **media))
+    else:
+        rng = np.random.default_rng(0)
+        for _ in range(num_samples):
+            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            features.append(processor.encode_prompt("Describe the image.", image=image))
+    return SpeedInputs.from_batch(processor.collate(features, padding_side="left"))
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..model.folder import check_model_folder, load_model_folder
+    from ..model.folder import check_model_folder, family_folder, load_model_folder
 
     for flag in ("num_samples", "max_new_tokens", "repeats"):
         if getattr(args, flag) < 1:
@@ -234,17 +259,24 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("no such data file (--data)", "missing file", source=args.data)
     dtype = getattr(torch, args.dtype)
     for flag, path in [("--dense", args.dense)] + [("--mod", path) for path in args.mod]:
-        check_model_folder(path, tokenizer=flag == "--dense" and bool(args.data), what=flag)  # all before loading any
+        # a family's dense folder always brings its processor (prompts are posed by it)
+        needs_tokenizer = flag == "--dense" and (bool(args.data) or family_folder(path) is not None)
+        check_model_folder(path, tokenizer=needs_tokenizer, what=flag)  # all before loading any
     models = {"dense": load_model_folder(args.dense, what="--dense", dtype=dtype).to(args.device)}
     for path in args.mod:
         models[f"MoD {path}"] = load_model_folder(path, what="--mod", compat=args.compat, dtype=dtype).to(args.device)
     from ..prune.view import with_pruner
 
-    for spec in args.prune:  # same weights, one row per pruner setting
+    for spec in [] if family_folder(args.dense) else args.prune:  # same weights, one row per pruner setting
         view = with_pruner(models["dense"], spec)
         models[f"dense + {view.model.pruner.describe()}"] = view
     config = models["dense"].config
-    if args.data:
+    if family_folder(args.dense):
+        if args.prune:
+            raise UsageError("--prune: the token pruners run inside the LLaVA fork's decoder only, not in a Hugging "
+                             f"Face family model ({args.dense})")
+        inputs = family_inputs(models["dense"], args.dense, args.data, args.images, args.num_samples)
+    elif args.data:
         from .prompts import prompts_from_dataset
 
         inputs = prompts_from_dataset(args.dense, args.data, args.images, args.num_samples)

@@ -25,6 +25,8 @@ WHAT_IT_HOLDS = "a model folder holds config.json and *.safetensors or pytorch_m
 # Everything a tokenizer folder may hold (Llama sentencepiece, fast tokenizers, BPE vocabularies).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+# A Hugging Face family's processor besides its tokenizer (image / video processor, processor kwargs).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
 # Any one of these is enough for AutoTokenizer to build a tokenizer.
 _TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
