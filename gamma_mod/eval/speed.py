@@ -139,7 +139,7 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
     # Prefill as generate() runs it: full prompt, KV cache filled, logits for the last position only.
     prefill_s = _timed(lambda: model(**kwargs, use_cache=True, logits_to_keep=1), device, repeats, warmup)
     out = model(**kwargs, use_cache=True, logits_to_keep=1)
-    stats = dict(model.last_routing_stats)
+    stats = dict(getattr(model, "last_routing_stats", None) or {})  # a plain family model has none
     prune_stats = getattr(getattr(model, "model", None), "last_prune_stats", None)  # decode steps overwrite it
     kv = kv_cache_bytes(outputs_cache(out))
     del out
