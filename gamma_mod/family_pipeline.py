@@ -8,9 +8,10 @@
     the dense-vs-MoD table (gamma_mod.pipeline.format_report)
 
 Differences from the LLaVA-fork pipeline (gamma_mod/pipeline.py), each for a reason:
-- No stage-1 projector alignment: the family's whole model (vision encoder and projector included) trains in
-  one dense SFT, which stands in for the pretraining a real checkpoint brings (the tiny LLM starts random, as
-  in the fork pipeline, so ARank is measured after SFT).
+- No separate stage-1 projector alignment: the family's whole model (vision encoder and projector included)
+  trains in one dense SFT on the captions and the VQA training split together, which stands in for the
+  pretraining a real checkpoint brings (the tiny LLM starts random, as in the fork pipeline, so ARank is
+  measured after SFT). The adaptation runs (MoD and the dense baseline) train on the VQA split alone.
 - No FastV / PDrop rows: the token pruners (gamma_mod/prune) run inside our fork's decoder only.
 - Qwen images and video frames are resized to a fixed 4 x 4 grid of merged tokens (the tiny processor's
   min_pixels = max_pixels), so the three image slots (left / center / right) fall on distinct tokens.
@@ -44,9 +45,20 @@ class FamilyData:
 
     root: Path
     media: Path  # the folder the records' image / video paths are relative to
-    train: Path
+    train: Path  # the VQA training split (ARank, adaptation SFT)
     test: Path
     chance_accuracy: float
+    sft_train: Path  # captions + VQA: the first dense SFT
+
+
+def _with_captions(root: Path, captions: Path, train: Path) -> Path:
+    """captions + VQA records in one file (the first SFT's data). A tiny model trained from random weights on
+    one-word VQA answers alone settles on each question type's answer prior without reading the image; the
+    captions name every shape's colour, kind and slot, so the image must be read to predict them."""
+    out = root / "sft_train.json"
+    records = json.loads(captions.read_text()) + json.loads(train.read_text())
+    out.write_text(json.dumps(records))
+    return out
 
 
 def family_spec_name(base: str) -> str:
@@ -80,14 +92,16 @@ def write_data(args: argparse.Namespace, out: Path) -> FamilyData:
     if args.video:
         from .data.synthetic_video import write_synthetic_video_dataset
 
-        video = write_synthetic_video_dataset(out / "data_video", n_captions=1, n_vqa_train=args.vqa_train,
+        video = write_synthetic_video_dataset(out / "data_video", n_captions=args.captions, n_vqa_train=args.vqa_train,
                                               n_vqa_test=args.vqa_test, num_frames=args.frames, seed=args.seed)
-        return FamilyData(video.root, video.root, video.stage2_train, video.stage2_test, video.chance_accuracy)
+        return FamilyData(video.root, video.root, video.stage2_train, video.stage2_test, video.chance_accuracy,
+                          _with_captions(video.root, video.stage1, video.stage2_train))
     from .data.synthetic import write_synthetic_dataset
 
-    data = write_synthetic_dataset(out / "data", n_captions=1, n_vqa_train=args.vqa_train, n_vqa_test=args.vqa_test,
-                                   seed=args.seed)
-    return FamilyData(data.root, data.images, data.stage2_train, data.stage2_test, data.chance_accuracy)
+    data = write_synthetic_dataset(out / "data", n_captions=args.captions, n_vqa_train=args.vqa_train,
+                                   n_vqa_test=args.vqa_test, seed=args.seed)
+    return FamilyData(data.root, data.images, data.stage2_train, data.stage2_test, data.chance_accuracy,
+                      _with_captions(data.root, data.stage1, data.stage2_train))
 
 
 def write_processor(family: str, base: str, folder: Path) -> Path:
@@ -117,7 +131,8 @@ def _done(folder: Path) -> bool:
 
 
 def train(out: Path, data: FamilyData, args: argparse.Namespace, *, spec: str | None = None,
-          init: Path | None = None, processor: Path | None = None, extra: list[str] = ()) -> None:
+          init: Path | None = None, processor: Path | None = None, extra: list[str] = (),
+          train_json: Path | None = None) -> None:
     """One SFT run through gamma_mod.train (HF Trainer, the family's processor as dataset encoder and collator)."""
     from .config import load_config
     from .packaged import resolve_config
@@ -126,7 +141,8 @@ def train(out: Path, data: FamilyData, args: argparse.Namespace, *, spec: str | 
 
     if _done(out):
         return
-    overrides = [f"output_dir={out}", "resume=true", f"optim.seed={args.seed}", f"data.train_json={data.train}",
+    overrides = [f"output_dir={out}", "resume=true", f"optim.seed={args.seed}",
+                 f"data.train_json={train_json or data.train}",
                  f"data.image_folder={data.media}", f"optim.lr={args.lr}", f"optim.batch_size={args.batch_size}"]
     overrides += [f"model.init={init}", f"model.tokenizer={init}"] if init is not None else \
         ["model.init=null", f"model.spec={spec}", f"model.tokenizer={processor}"]
@@ -176,12 +192,13 @@ def convert_folder(source: Path, out: Path, layers: list[int] | None, ratio: flo
     family_processor(model, source).save_pretrained(out)
 
 
-def evaluate_pair(dense_dir: Path, mod_dir: Path, data: FamilyData, out: Path, eval_samples: int, strategy: str):
+def evaluate_pair(dense_dir: Path, mod_dir: Path, data: FamilyData, out: Path, eval_samples: int, strategy: str,
+                  speed_repeats: int = 15):
     """Dense and MoD: held-out accuracy (per question type in the log), TFLOPs and prefill speed in one run."""
     from .eval.answer import feature_encoder, generate_answers
     from .eval.compare import compare_methods
     from .eval.scorers import synthetic
-    from .eval.speed import question_inputs
+    from .eval.speed import SpeedInputs
     from .families import load_family_model
     from .pipeline import PipelineReport
 
@@ -190,7 +207,9 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data: FamilyData, out: Path, e
     for name, folder in {"dense": dense_dir, f"MoD ({strategy})": mod_dir}.items():
         models[name] = load_family_model(folder).eval()
         processors[name] = family_processor(models[name], folder)
-        prompts[name] = question_inputs(processors[name], questions[:16])
+        encode = feature_encoder(processors[name])  # images or video, as the questions have them
+        prompts[name] = SpeedInputs.from_batch(processors[name].collate([encode(q) for q in questions[:16]],
+                                                                        padding_side="left"))
     metrics_by_name = {}
 
     def answer(name: str, model) -> float:
@@ -206,7 +225,7 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data: FamilyData, out: Path, e
 
     rows = [PipelineReport(name=r.name, accuracy=r.accuracy, prefill_samples_per_s=r.prefill_samples_per_s,
                            skipped_fraction=r.skipped, mod_layers=r.layers, tflops=r.tflops)
-            for r in compare_methods(models, answer, prompts)]
+            for r in compare_methods(models, answer, prompts, repeats=speed_repeats)]
     return rows, metrics_by_name
 
 
@@ -227,9 +246,10 @@ def run(args: argparse.Namespace) -> int:
     processor = write_processor(family, args.base, out / "processor")
     timings["data"] = time.perf_counter() - t
 
-    t = step(f"1/6 dense SFT of {args.base} (random init; vision encoder, projector and LLM train)")
+    t = step(f"1/6 dense SFT of {args.base} on captions + VQA (random init; vision encoder, projector, LLM train)")
     sft = out / "stage2_sft"
-    train(sft, data, args, spec=args.base, processor=processor, extra=[f"optim.epochs={args.epochs}"])
+    train(sft, data, args, spec=args.base, processor=processor, extra=[f"optim.epochs={args.epochs}"],
+          train_json=data.sft_train)
     timings["sft"] = time.perf_counter() - t
 
     n_layers = json.loads((sft / "config.json").read_text())
@@ -256,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
     timings["adapt"] = time.perf_counter() - t
 
     t = step("5/6 evaluation: held-out synthetic accuracy and prefill speed")
-    rows, metrics = evaluate_pair(stage2_dense, stage2_mod, data, out, args.eval_samples, args.strategy)
+    rows, metrics = evaluate_pair(stage2_dense, stage2_mod, data, out, args.eval_samples, args.strategy,
+                                  args.speed_repeats)
     timings["eval"] = time.perf_counter() - t
 
     step("6/6 report")

@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     family.add_argument("--epochs", type=float, default=None, help="with --base: dense SFT epochs (default 6)")
     family.add_argument("--lr", type=float, default=None, help="with --base: learning rate (default 2e-3)")
     family.add_argument("--batch-size", type=int, default=None, help="with --base: batch size (default 16)")
+    family.add_argument("--speed-repeats", type=int, default=15,
+                        help="with --base: timed prefill rounds per model (alternating, median)")
 
 
 def default_pruners(num_layers: int) -> list[str]:
@@ -126,6 +128,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         for flag, value in (("--epochs", args.epochs), ("--lr", args.lr), ("--batch-size", args.batch_size)):
             if value is not None and value <= 0:
                 raise UsageError(f"{flag} must be > 0, got {value}")
+        if args.speed_repeats < 1:
+            raise UsageError(f"--speed-repeats must be >= 1, got {args.speed_repeats}")
         if args.frames < 2:
             raise UsageError(f"--frames must be >= 2 (motion needs two frames), got {args.frames}")
 

@@ -716,11 +716,13 @@ _TINY_CORPUS = (
 
 def _tiny_corpus() -> str:
     """_TINY_CORPUS plus every word of the synthetic image and video sets (questions, answers, captions), so the
-    pipeline's answers are one or two tokens each in every family's tiny tokenizer."""
+    pipeline's one-word answers are one token each in every family's tiny tokenizer."""
     from ..data.synthetic import SYNTHETIC_VOCAB
     from ..data.synthetic_video import SYNTHETIC_VIDEO_VOCAB
 
-    return " ".join([_TINY_CORPUS, *SYNTHETIC_VOCAB, *SYNTHETIC_VIDEO_VOCAB])
+    words = [*SYNTHETIC_VOCAB, *SYNTHETIC_VIDEO_VOCAB]
+    # each word after a space and at a line start (ChatML answers follow "assistant\n" directly)
+    return " ".join([_TINY_CORPUS, *words]) + "\n" + "\n".join(words)
 
 
 def _tiny_tokenizer(spec: _FamilySpec):
