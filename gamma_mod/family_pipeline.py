@@ -158,20 +158,17 @@ def family_processor(model, folder: Path):
 
 
 def arank_and_select(sft: Path, data: FamilyData, out_json: Path, num_samples: int, k_dense: int) -> list[int]:
-    from torch.utils.data import DataLoader
-
     from .arank.analyze import ARankResult, compute_arank, plot_arank
+    from .arank.cli import build_loader
     from .arank.select import select_mod_layers
-    from .data.processor_dataset import ProcessorDataset
     from .families import load_family_model
 
     if out_json.exists():
         result = ARankResult.load_json(out_json)
     else:
         model = load_family_model(sft).eval()
-        processor = family_processor(model, sft)
-        dataset = ProcessorDataset(data.train, data.media, processor, "skip", limit=num_samples)
-        loader = DataLoader(dataset, batch_size=8, shuffle=False, collate_fn=processor.collate)
+        # `gamma-mod arank`'s loader: the family's processor, records in file order, bad ones skipped
+        loader = build_loader(model, str(sft), str(data.train), str(data.media), "vicuna_v1", 4096, 8, num_samples)
         result = compute_arank(model, loader, num_samples)
         result.save_json(out_json)
     layers = select_mod_layers(result.mean, k_dense=k_dense)

@@ -19,8 +19,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="dense model folder (with its tokenizer files): our LLaVA "
-                        "fork or a Hugging Face family (llava-hf, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) with its processor")
+    parser.add_argument("--model", required=True,
+                        help="dense model folder (with its tokenizer files): our LLaVA fork or a Hugging Face family "
+                             "(llava-hf, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) with its processor")
     parser.add_argument("--data", required=True, help="LLaVA-format JSON (instruction data)")
     parser.add_argument("--images", help="image folder the JSON's image paths are relative to")
     parser.add_argument("--num-samples", type=int, default=64, help="first N usable records")
