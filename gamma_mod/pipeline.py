@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arank-samples", type=int, default=32)
     parser.add_argument("--eval-samples", type=int, default=600, help="held-out questions to answer (600 = all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--captions", type=int, default=1500, help="synthetic stage-1 captions")
+    parser.add_argument("--captions", type=int, default=1500,
+                        help="synthetic stage-1 captions (with --base: captions in the first SFT's data)")
     parser.add_argument("--vqa-train", type=int, default=1000, help="synthetic training images (3 questions each)")
     parser.add_argument("--vqa-test", type=int, default=200, help="synthetic held-out images (3 questions each)")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap every training stage (smoke runs)")
