@@ -18,8 +18,8 @@ from gamma_mod.cli import main
 from gamma_mod.families import get_family, load_family_model
 
 FAMILIES = ("llava_hf", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
-SMOKE = ["--captions", "4", "--vqa-train", "4", "--vqa-test", "2", "--max-steps", "1", "--arank-samples", "4", "--eval-samples", "6",
-         "--batch-size", "4", "--speed-repeats", "1"]
+SMOKE = ["--captions", "4", "--vqa-train", "4", "--vqa-test", "2", "--max-steps", "1", "--arank-samples", "4",
+         "--eval-samples", "6", "--batch-size", "4", "--speed-repeats", "1"]
 
 
 def _check_run(out, family: str, n_questions: int) -> dict:
