@@ -1,4 +1,5 @@
 """The whole gamma-MoD pipeline on the embedded default (`gamma-mod pipeline`, README command 1).
+(`gamma-mod pipeline --base <family>_tiny [--video]`: the same on a Hugging Face family, gamma_mod/family_pipeline.py.)
 
     synthetic data -> stage 1 (projector) -> stage-2 dense SFT -> ARank -> select + convert
     -> MoD SFT (adaptation) and, for a fair baseline, the same extra SFT of the dense model
@@ -57,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arank-samples", type=int, default=32)
     parser.add_argument("--eval-samples", type=int, default=600, help="held-out questions to answer (600 = all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--captions", type=int, default=1500, help="synthetic stage-1 captions")
+    parser.add_argument("--captions", type=int, default=1500,
+                        help="synthetic stage-1 captions (with --base: captions in the first SFT's data)")
     parser.add_argument("--vqa-train", type=int, default=1000, help="synthetic training images (3 questions each)")
     parser.add_argument("--vqa-test", type=int, default=200, help="synthetic held-out images (3 questions each)")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap every training stage (smoke runs)")
@@ -66,6 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a training-free pruner row on the dense model (gamma_mod.prune), repeatable; default: "
                              "fastv:K=2,R=0.5 and PDrop at the paper's layers 8/16/24 of 32 scaled to depth, lambda 0.5")
     parser.add_argument("--no-prune", action="store_true", help="no pruner rows")
+    family = parser.add_argument_group(
+        "Hugging Face families", "--base <family>_tiny runs the pipeline on a family's tiny twin "
+        "(gamma_mod/family_pipeline.py): llava_hf_tiny, llava_onevision_tiny, qwen2_5_vl_tiny, qwen3_vl_tiny")
+    family.add_argument("--base", default=None, help="a family spec (built-in name or YAML); default: the LLaVA fork")
+    family.add_argument("--video", action="store_true", help="with --base: the synthetic video set (moving shapes)")
+    family.add_argument("--frames", type=int, default=4, help="frames per synthetic clip (--video)")
+    family.add_argument("--epochs", type=float, default=None, help="with --base: dense SFT epochs (default 6)")
+    family.add_argument("--lr", type=float, default=None, help="with --base: learning rate (default 2e-3)")
+    family.add_argument("--batch-size", type=int, default=None, help="with --base: batch size (default 16)")
+    family.add_argument("--speed-repeats", type=int, default=15,
+                        help="with --base: timed prefill rounds per model (alternating, median)")
 
 
 def default_pruners(num_layers: int) -> list[str]:
@@ -109,12 +122,32 @@ def check_arguments(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    family_flags = [f for f, on in (("--video", args.video), ("--epochs", args.epochs is not None),
+                                    ("--lr", args.lr is not None), ("--batch-size", args.batch_size is not None)) if on]
+    if args.base is None and family_flags:
+        raise UsageError(f"{', '.join(family_flags)}: only with --base <family spec> (the LLaVA-fork pipeline "
+                         "takes its training settings from --stage1-config / --stage2-config)")
+    if args.base is not None:
+        for flag, value in (("--epochs", args.epochs), ("--lr", args.lr), ("--batch-size", args.batch_size)):
+            if value is not None and value <= 0:
+                raise UsageError(f"{flag} must be > 0, got {value}")
+        if args.speed_repeats < 1:
+            raise UsageError(f"--speed-repeats must be >= 1, got {args.speed_repeats}")
+        if args.frames < 2:
+            raise UsageError(f"--frames must be >= 2 (motion needs two frames), got {args.frames}")
 
 
 def run(args: argparse.Namespace) -> int:
     from .data.synthetic import write_synthetic_dataset
 
     check_arguments(args)
+    if args.base is not None:
+        from . import family_pipeline
+
+        args.epochs = 6.0 if args.epochs is None else args.epochs
+        args.lr = 2e-3 if args.lr is None else args.lr
+        args.batch_size = 16 if args.batch_size is None else args.batch_size
+        return family_pipeline.run(args)
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)

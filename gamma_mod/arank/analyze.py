@@ -48,7 +48,16 @@ class ARankResult:
 
 
 def batch_inputs(batch: dict, take: int, model) -> dict[str, torch.Tensor]:
-    """The first `take` samples of a collated batch, on the model's device; images in the model's dtype."""
+    """The first `take` samples of a collated batch, on the model's device; images in the model's dtype.
+
+    A Hugging Face family's batch is passed whole (its vision fields are joined per patch, per image, per
+    video, not per row); compute_arank keeps the first `take` rows' results."""
+    from ..families import get_family
+
+    param = next(model.parameters())
+    if get_family(model.config).name != "llava_fork":
+        return {k: v.to(param.device, dtype=param.dtype if v.is_floating_point() else v.dtype)
+                for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
     inputs = {k: batch[k][:take] for k in ("input_ids", "attention_mask") if batch.get(k) is not None}
     pixels = batch.get("pixel_values")
     if pixels is not None:
@@ -64,8 +73,10 @@ def batch_inputs(batch: dict, take: int, model) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def sample_aranks(model, inputs: dict[str, torch.Tensor], tol: float | None = None) -> torch.Tensor:
     """One forward -> (B, L) ARank of every sample (mean over heads) in every decoder layer."""
+    from ..families import get_family
+
     batch = inputs["input_ids"].shape[0]
-    out = torch.zeros(batch, len(model.model.layers))
+    out = torch.zeros(batch, len(get_family(model.config).decoder_layers(model)))
 
     def sink(layer: int, sample: int, probs: torch.Tensor) -> None:
         out[sample, layer] = sample_arank(probs, tol)  # the map is dropped right here
@@ -91,7 +102,7 @@ def compute_arank(model, batches: Iterable[dict], num_samples: int, tol: float |
             take = min(num_samples - seen, batch["input_ids"].shape[0])
             if take <= 0:
                 break
-            rows.append(sample_aranks(model, batch_inputs(batch, take, model), tol))
+            rows.append(sample_aranks(model, batch_inputs(batch, take, model), tol)[:take])
             seen += take
             bar.update(take)
     finally:

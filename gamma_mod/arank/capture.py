@@ -81,7 +81,9 @@ def capture_attention(model, sink: AttentionSink) -> Iterator[None]:
     or a Hugging Face family's ForConditionalGeneration) feeds `sink`.
 
     Meant for whole-sequence forwards (no KV cache): with a cache the hook sees only the new
-    tokens and the map would miss the cached keys, so that case is refused.
+    tokens and the map would miss the cached keys, so that case is refused. The (cos, sin) a layer's
+    attention receives are its positions' own, Qwen's multimodal M-RoPE included (transformers 5.24 merges
+    the three sections in the rotary module), so the same rotation applies to every family.
     """
     family = get_family(model)
     decoder = family.language_model(model)  # its forward receives the 2-D attention mask

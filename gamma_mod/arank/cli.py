@@ -19,7 +19,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="dense model folder (with its tokenizer files)")
+    parser.add_argument("--model", required=True,
+                        help="dense model folder (with its tokenizer files): our LLaVA fork or a Hugging Face family "
+                             "(llava-hf, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) with its processor")
     parser.add_argument("--data", required=True, help="LLaVA-format JSON (instruction data)")
     parser.add_argument("--images", help="image folder the JSON's image paths are relative to")
     parser.add_argument("--num-samples", type=int, default=64, help="first N usable records")
@@ -66,7 +68,17 @@ def build_loader(model, model_path: str, data: str, images: str | None, template
     from ..data.formats import read_records
     from ..data.processor import get_processor
     from ..data.tokenizer import load_tokenizer
+    from ..model.folder import family_folder
 
+    if family_folder(model_path):
+        # a Hugging Face family: its own processor and chat template (`template` is the fork's)
+        from ..data.processor_dataset import ProcessorDataset
+        from ..families.processing import HFFamilyProcessor
+
+        processor = HFFamilyProcessor.for_model(model, model_path, max_length=max_length)
+        limit = record_pool(num_samples) if num_samples is not None else None
+        dataset = ProcessorDataset(data, images or Path(data).parent, processor, "skip", limit=limit)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=processor.collate)
     processor = get_processor(model, tokenizer=load_tokenizer(model_path), template=template, max_length=max_length)
     with tempfile.TemporaryDirectory() as tmp:
         if num_samples is not None:

@@ -28,7 +28,8 @@ from .questions import Question
 # question -> (prompt input_ids, pixel_values (3, S, S) or None)
 Encoder = Callable[[Question], tuple[list[int], torch.Tensor | None]]
 
-__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "check_images", "encode_question", "generate_answers",
+__all__ = ["Encoder", "Question", "answer_line", "answered_ids", "check_images", "encode_question", "feature_encoder",
+           "generate_answers",
            "left_pad", "load_image", "question_encoder", "question_features"]
 
 
@@ -59,6 +60,34 @@ def question_encoder(processor) -> Encoder:
         return features["input_ids"].tolist(), (pixels[0] if pixels is not None else None)
 
     return encode
+
+
+def feature_encoder(processor) -> Callable[[Question], dict[str, Any]]:
+    """The answer loop's encoder over any MultimodalProcessor (a Hugging Face family's): the prompt's whole
+    feature dict (input_ids and the family's vision fields); a question's video is `extra["video"]` (a frame
+    folder, as the synthetic video set's reader gives it). generate_answers batches these with `collate`."""
+    def encode(question: Question) -> dict[str, Any]:
+        video = question.extra.get("video")
+        return processor.encode_prompt(question.text, image=load_image(question), video=video)
+
+    return encode
+
+
+def _suppressed_tokens(model) -> list[int]:
+    """Placeholder ids a model must never generate: a generated image/video token would be read as a media slot
+    on the next step (no features for it), and an under-trained model can emit one."""
+    config = model.config
+    try:
+        from ..families import get_family
+
+        adapter = get_family(config)
+    except (ImportError, ValueError):
+        adapter = None
+    if adapter is not None and adapter.name != "llava_fork":
+        vocab = config.get_text_config().vocab_size
+        return [i for i in adapter.media_token_ids(config) if 0 <= i < vocab]
+    image_token = getattr(config, "image_token_index", None)
+    return [image_token] if image_token is not None and 0 <= image_token < config.vocab_size else []  # not LLaVA's -200
 
 
 def check_images(questions: list[Question]) -> None:
@@ -149,9 +178,11 @@ class _AppendOnFirstWrite:
 @torch.no_grad()
 def generate_answers(model, questions: Iterable[Question], encode: Encoder, tokenizer, out_jsonl: str | Path,
                      batch_size: int = 8, max_new_tokens: int = 128, progress: bool = True,
-                     **generate_kwargs: Any) -> Path:
+                     collate: Callable[..., dict[str, Any]] | None = None, **generate_kwargs: Any) -> Path:
     """Answer every question not yet in `out_jsonl`; returns its path. `generate_kwargs` go to
-    `model.generate` (e.g. `mod_decode_start`)."""
+    `model.generate` (e.g. `mod_decode_start`). With `collate` (a processor's `collate`), `encode` returns
+    feature dicts (`feature_encoder`) that `collate(features, padding_side="left")` batches: the Hugging
+    Face families' vision fields (grids, image sizes, videos) go to generate() as the processor joins them."""
     out = Path(out_jsonl)
     questions = list(questions)
     ids_seen = [str(q.question_id) for q in questions]
@@ -166,22 +197,27 @@ def generate_answers(model, questions: Iterable[Question], encode: Encoder, toke
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # A generated image token would be read as an image slot on the next step (no features for it):
     # an under-trained model can emit one, so it is never sampled.
-    image_token = getattr(model.config, "image_token_index", None)
-    in_vocab = image_token is not None and 0 <= image_token < model.config.vocab_size  # LLaVA's -200 is not
-    gen_options: dict[str, Any] = {"suppress_tokens": [image_token]} if in_vocab else {}
+    suppressed = _suppressed_tokens(model)
+    gen_options: dict[str, Any] = {"suppress_tokens": suppressed} if suppressed else {}
     gen_options.update(generate_kwargs)
     with _AppendOnFirstWrite(out) as sink, tqdm(total=len(questions), initial=len(questions) - len(todo),
                                                 desc="answering", unit="q", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             encoded = [encode_question(encode, q) for q in chunk]
-            ids, mask = left_pad([e[0] for e in encoded], pad_id)  # (B, T)
-            kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
-            # Image features fill the image tokens row by row, so the images of the rows that have
-            # one are stacked in row order; text-only rows contribute none.
-            images = [e[1] for e in encoded if e[1] is not None]
-            if images:
-                kwargs["pixel_values"] = torch.stack(images).to(device=device, dtype=model.dtype)
+            if collate is not None:
+                batch = collate(encoded, padding_side="left")
+                ids = batch["input_ids"]
+                kwargs = {k: v.to(device=device, dtype=model.dtype if v.is_floating_point() else v.dtype)
+                          for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            else:
+                ids, mask = left_pad([e[0] for e in encoded], pad_id)  # (B, T)
+                kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
+                # Image features fill the image tokens row by row, so the images of the rows that have
+                # one are stacked in row order; text-only rows contribute none.
+                images = [e[1] for e in encoded if e[1] is not None]
+                if images:
+                    kwargs["pixel_values"] = torch.stack(images).to(device=device, dtype=model.dtype)
             generated = model.generate(**kwargs, **gen_options, max_new_tokens=max_new_tokens, do_sample=False,
                                        use_cache=True, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
             for q, row in zip(chunk, generated[:, ids.shape[1]:].tolist()):  # new tokens only

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .prompts import MAX_NEW_TOKENS_PRESETS, PromptOptions, max_new_tokens_for, read_benchmark_questions
 from .scorers import SCORERS, get_benchmark
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         from ..data.processor import get_processor
         from ..data.tokenizer import load_tokenizer
         from ..model.configuration import load_config
-        from ..model.folder import check_model_folder, load_model_folder
+        from ..model.folder import check_model_folder, family_folder, load_model_folder
         from .answer import check_images, generate_answers, question_encoder
 
         questions = read_questions(benchmark, data, PromptOptions(
@@ -109,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
         check_model_folder(args.model, tokenizer=True, what="--model")
+        if family_folder(args.model):
+            generate_family_answers(args, benchmark, questions, answers, device, dtype)
+            out.mkdir(parents=True, exist_ok=True)
+            metrics = benchmark.run(answers, data, out, score_options)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))
+            return 0
         config = load_config(args.model, args.compat)
         if args.prune is not None:
             config.set_prune(args.prune)
@@ -133,6 +140,26 @@ def run(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"benchmark": benchmark.name, **metrics}, indent=2))
     return 0
+
+
+def generate_family_answers(args: argparse.Namespace, benchmark, questions, answers: Path, device: str, dtype) -> None:
+    """Answers of a Hugging Face family folder (plain or MoD twin): its own processor and chat template pose the
+    questions (--template is the LLaVA fork's), the batch carries the family's vision fields."""
+    from ..families.processing import HFFamilyProcessor
+    from ..model.folder import load_model_folder
+    from .answer import feature_encoder, generate_answers
+
+    if args.prune is not None:
+        raise UsageError("--prune: the training-free token pruners run inside the LLaVA fork's decoder only, not in "
+                         f"a Hugging Face family model ({args.model})")
+    model = load_model_folder(args.model, tokenizer=True, what="--model", compat=args.compat,
+                              dtype=dtype).to(device).eval()
+    processor = HFFamilyProcessor.for_model(model, args.model)
+    logger.info("%s: %d questions -> %s (%s processor)", benchmark.name, len(questions), answers, processor.family)
+    generate_answers(model, questions, feature_encoder(processor), processor.tokenizer, answers,
+                     batch_size=args.batch_size, collate=processor.collate,
+                     max_new_tokens=args.max_new_tokens or max_new_tokens_for(
+                         benchmark.name, args.max_new_tokens_preset, default=benchmark.max_new_tokens))
 
 
 def read_questions(benchmark, data: Path, options: PromptOptions):

@@ -49,28 +49,32 @@ class MethodResult:
 def prefill_profile(model, inputs) -> tuple[float, float, float, list[int]]:
     """(TFLOPs per sample, KV cache MB per sample, skipped fraction, layers that skip) of one prefill."""
     from .flops import decoder_shape, measured_layer_tokens, per_sample_tflops
-    from .speed import kv_cache_bytes
+    from .speed import outputs_cache, kv_cache_bytes
 
-    device = next(model.parameters()).device
-    mask = inputs.attention_mask.to(device)
-    kwargs = dict(input_ids=inputs.input_ids.to(device), attention_mask=mask, use_cache=True)
-    if inputs.pixel_values is not None:
-        kwargs["pixel_values"] = inputs.pixel_values.to(device=device, dtype=model.dtype)
-    out = model.model(**kwargs)
+    kwargs = dict(inputs.model_kwargs(model), use_cache=True)
+    mask = kwargs["attention_mask"]
     config = model.config
-    mod_stats = out.mod_context.stats if out.mod_context is not None else {}
-    prune = model.model.last_prune_stats
-    tokens = measured_layer_tokens(mask, config.num_hidden_layers, prune, mod_stats)
+    if hasattr(model, "mod_context_holder"):  # a Hugging Face family model's MoD twin
+        out = model(**kwargs, logits_to_keep=1)
+        mod_stats, prune = model.last_routing_stats.layer_stats, None
+    elif not hasattr(model.model, "last_prune_stats"):  # a plain Hugging Face family model: no routing
+        out = model(**kwargs, logits_to_keep=1)
+        mod_stats, prune = {}, None
+    else:
+        out = model.model(**kwargs)
+        mod_stats = out.mod_context.stats if out.mod_context is not None else {}
+        prune = model.model.last_prune_stats
+    tokens = measured_layer_tokens(mask, config.get_text_config().num_hidden_layers, prune, mod_stats)
     shape = decoder_shape(config)
     tflops = float(per_sample_tflops(tokens, shape.hidden, shape.ffn, q_dim=shape.q_dim, kv_dim=shape.kv_dim).mean())
-    kv_mb = kv_cache_bytes(out.cache) / 2**20 / mask.shape[0]
+    kv_mb = kv_cache_bytes(outputs_cache(out)) / 2**20 / mask.shape[0]
     if mod_stats:
         fractions = [s.skipped / s.routable for s in mod_stats.values() if s.routable]
         return tflops, kv_mb, (statistics.mean(fractions) if fractions else 0.0), sorted(mod_stats)
     if prune is not None and prune.kept_image:
         image = prune.image_tokens.sum().item()
         stages = sorted(prune.kept_image)  # the layers where a stage dropped
-        layers = list(range(stages[0], config.num_hidden_layers))
+        layers = list(range(stages[0], config.get_text_config().num_hidden_layers))
         dropped = []
         for layer in layers:
             kept = prune.kept_image[max(s for s in stages if s <= layer)].sum().item()

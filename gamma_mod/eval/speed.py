@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,11 +27,25 @@ class SpeedInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor | None
+    # the other vision fields of a Hugging Face family's batch (image_grid_thw, image_sizes, videos, ...)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_batch(cls, batch: dict) -> "SpeedInputs":
         """A processor's left-padded collate output (`processor.collate(features, padding_side="left")`)."""
-        return cls(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"))
+        extra = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)
+                 and k not in ("input_ids", "attention_mask", "pixel_values", "labels")}
+        return cls(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), extra)
+
+    def model_kwargs(self, model) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask and the vision fields on the model's device, floats in its dtype."""
+        device = next(model.parameters()).device
+        kwargs = dict(input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device))
+        if self.pixel_values is not None:
+            kwargs["pixel_values"] = self.pixel_values.to(device=device, dtype=model.dtype)
+        for key, value in self.extra.items():
+            kwargs[key] = value.to(device=device, dtype=model.dtype if value.is_floating_point() else value.dtype)
+        return kwargs
 
 
 @dataclass
@@ -74,11 +88,7 @@ def alternating_prefill_times(models: dict[str, torch.nn.Module], inputs: dict[s
     for round_ in range(warmup + repeats):
         for name, model in models.items():
             device = next(model.parameters()).device
-            x = inputs[name]
-            kwargs = dict(input_ids=x.input_ids.to(device), attention_mask=x.attention_mask.to(device), use_cache=True,
-                          logits_to_keep=1)
-            if x.pixel_values is not None:
-                kwargs["pixel_values"] = x.pixel_values.to(device=device, dtype=model.dtype)
+            kwargs = dict(inputs[name].model_kwargs(model), use_cache=True, logits_to_keep=1)
             _sync(device)
             start = time.perf_counter()
             model(**kwargs)
@@ -86,6 +96,12 @@ def alternating_prefill_times(models: dict[str, torch.nn.Module], inputs: dict[s
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def outputs_cache(outputs):
+    """The KV cache of a forward's outputs: ours name it `cache`, transformers' `past_key_values`."""
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)
 
 
 def kv_cache_bytes(cache) -> int:
@@ -116,9 +132,7 @@ def measured_tflops(model, inputs: SpeedInputs, stats: dict, prune_stats=None) -
 def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, repeats: int = 3, warmup: int = 1) -> SpeedRow:
     device = next(model.parameters()).device
     model.eval()
-    kwargs = dict(input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device))
-    if inputs.pixel_values is not None:
-        kwargs["pixel_values"] = inputs.pixel_values.to(device=device, dtype=model.dtype)
+    kwargs = inputs.model_kwargs(model)
     batch = inputs.input_ids.shape[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -126,9 +140,9 @@ def measure(name: str, model, inputs: SpeedInputs, max_new_tokens: int = 16, rep
     # Prefill as generate() runs it: full prompt, KV cache filled, logits for the last position only.
     prefill_s = _timed(lambda: model(**kwargs, use_cache=True, logits_to_keep=1), device, repeats, warmup)
     out = model(**kwargs, use_cache=True, logits_to_keep=1)
-    stats = dict(model.last_routing_stats)
-    prune_stats = getattr(model.model, "last_prune_stats", None)  # decode steps overwrite it below
-    kv = kv_cache_bytes(out.cache)
+    stats = dict(getattr(model, "last_routing_stats", None) or {})  # a plain family model has none
+    prune_stats = getattr(getattr(model, "model", None), "last_prune_stats", None)  # decode steps overwrite it
+    kv = kv_cache_bytes(outputs_cache(out))
     del out
 
     def generate(n: int):
@@ -209,8 +223,33 @@ def random_inputs(config, batch: int, text_tokens: int, seed: int = 0) -> SpeedI
     return SpeedInputs(ids, torch.ones_like(ids), pixels)
 
 
+def family_inputs(model, folder: str, data: str | None, images: str | None, num_samples: int) -> SpeedInputs:
+    """Prompts for a Hugging Face family model, posed by its own processor: the first human turns of --data's
+    records with their image / video (paths relative to --images, else to the JSON's folder), or, without
+    --data, "Describe the image." with seeded random 64x64 images."""
+    import numpy as np
+
+    from ..data.formats import read_records
+    from ..families.processing import HFFamilyProcessor
+
+    processor = HFFamilyProcessor.for_model(model, folder)
+    features = []
+    if data:
+        root = Path(images) if images else Path(data).parent
+        for record in read_records(data)[:num_samples]:
+            question = record["conversations"][0]["value"]
+            media = {k: str(root / record[k]) for k in ("image", "video") if record.get(k)}
+            features.append(processor.encode_prompt(question, **media))
+    else:
+        rng = np.random.default_rng(0)
+        for _ in range(num_samples):
+            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            features.append(processor.encode_prompt("Describe the image.", image=image))
+    return SpeedInputs.from_batch(processor.collate(features, padding_side="left"))
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..model.folder import check_model_folder, load_model_folder
+    from ..model.folder import check_model_folder, family_folder, load_model_folder
 
     for flag in ("num_samples", "max_new_tokens", "repeats"):
         if getattr(args, flag) < 1:
@@ -219,17 +258,24 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("no such data file (--data)", "missing file", source=args.data)
     dtype = getattr(torch, args.dtype)
     for flag, path in [("--dense", args.dense)] + [("--mod", path) for path in args.mod]:
-        check_model_folder(path, tokenizer=flag == "--dense" and bool(args.data), what=flag)  # all before loading any
+        # a family's dense folder always brings its processor (prompts are posed by it)
+        needs_tokenizer = flag == "--dense" and (bool(args.data) or family_folder(path) is not None)
+        check_model_folder(path, tokenizer=needs_tokenizer, what=flag)  # all before loading any
     models = {"dense": load_model_folder(args.dense, what="--dense", dtype=dtype).to(args.device)}
     for path in args.mod:
         models[f"MoD {path}"] = load_model_folder(path, what="--mod", compat=args.compat, dtype=dtype).to(args.device)
     from ..prune.view import with_pruner
 
-    for spec in args.prune:  # same weights, one row per pruner setting
+    for spec in [] if family_folder(args.dense) else args.prune:  # same weights, one row per pruner setting
         view = with_pruner(models["dense"], spec)
         models[f"dense + {view.model.pruner.describe()}"] = view
     config = models["dense"].config
-    if args.data:
+    if family_folder(args.dense):
+        if args.prune:
+            raise UsageError("--prune: the token pruners run inside the LLaVA fork's decoder only, not in a Hugging "
+                             f"Face family model ({args.dense})")
+        inputs = family_inputs(models["dense"], args.dense, args.data, args.images, args.num_samples)
+    elif args.data:
         from .prompts import prompts_from_dataset
 
         inputs = prompts_from_dataset(args.dense, args.data, args.images, args.num_samples)

@@ -314,6 +314,15 @@ for _config_class, _model_class in _TWINS.values():
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModelForImageTextToText.register(_config_class, _model_class, exist_ok=True)
     AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
+    # transformers renames legacy checkpoint keys by class name / model_type ("model.layers" <-> Qwen2.5-VL's
+    # "model.language_model.layers") and saves a model loaded that way under the legacy names again: a plain
+    # model loaded, converted and saved must load as its twin, so the twin gets the family's renamings.
+    _family = _config_class.family
+    for _own, _theirs in ((_model_class.__name__, _family.hf_model_class_name),
+                          (_config_class.model_type, _family.hf_model_types[0])):
+        _mapping = get_checkpoint_conversion_mapping(_theirs)
+        if _mapping is not None:
+            register_checkpoint_conversion_mapping(_own, _mapping, overwrite=True)
 
 
 def mod_twin_classes(family: FamilyAdapter | str) -> tuple[type, type]:

@@ -389,6 +389,31 @@ class HFFamilyProcessor:
                 raise ValueError(f"{self.family}: the tokenizer's {kind} token id is {ours} but the model config "
                                  f"says {expected[kind]}; processor and model do not belong together")
 
+    def config_token_ids(self) -> dict[str, int]:
+        """The token ids a model config built for this tokenizer must hold (specs.build_family_config overrides):
+        vocab size, pad / eos (/ bos where the tokenizer has one), image / video (/ vision start, end) ids."""
+        tok = self.tokenizer
+        ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+               # Qwen tokenizers add no BOS; the text config then names the pad token (as Qwen's configs do)
+               "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id,
+               "image_token_id": self.image_token_id}
+        if self.video_token_id is not None:
+            ids["video_token_id"] = self.video_token_id
+        if self.family in ("qwen2_5_vl", "qwen3_vl"):
+            ids["vision_start_token_id"] = int(tok.convert_tokens_to_ids("<|vision_start|>"))
+            ids["vision_end_token_id"] = int(tok.convert_tokens_to_ids("<|vision_end|>"))
+        return ids
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this processor (tokenizer, image processor with its current sizes, chat template) as an HF
+        processor folder naming the real transformers class, so `from_pretrained(folder)` gives it back; a
+        model folder gets it next to its weights (get_processor(model folder) then needs nothing else)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.hf_processor.save_pretrained(folder)
+        _write_processor_config(folder, self.hf_processor, self.spec)
+        return folder
+
     # --------------------------------------------------------------------------------------------- encoding
     def encode_conversation(self, record: dict, *, media_root: Path | None = None) -> dict[str, Any]:
         rid = str(record.get("id", "?")) if isinstance(record, dict) else "?"
@@ -689,6 +714,17 @@ _TINY_CORPUS = (
 )
 
 
+def _tiny_corpus() -> str:
+    """_TINY_CORPUS plus every word of the synthetic image and video sets (questions, answers, captions), so the
+    pipeline's one-word answers are one token each in every family's tiny tokenizer."""
+    from ..data.synthetic import SYNTHETIC_VOCAB
+    from ..data.synthetic_video import SYNTHETIC_VIDEO_VOCAB
+
+    words = [*SYNTHETIC_VOCAB, *SYNTHETIC_VIDEO_VOCAB]
+    # each word after a space and at a line start (ChatML answers follow "assistant\n" directly)
+    return " ".join([_TINY_CORPUS, *words]) + "\n" + "\n".join(words)
+
+
 def _tiny_tokenizer(spec: _FamilySpec):
     low = sorted((i, t) for t, i in spec.tiny_special_ids.items() if i < 256)
     high = {i: t for t, i in spec.tiny_special_ids.items() if i >= 256}
@@ -698,7 +734,7 @@ def _tiny_tokenizer(spec: _FamilySpec):
     trainer = trainers.BpeTrainer(vocab_size=min(high) if high else TINY_VOCAB_SIZE,
                                   special_tokens=[t for _, t in low], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer)
+    tok.train_from_iterator([_tiny_corpus()] * 4, trainer)
     for token_id in range(tok.get_vocab_size(), TINY_VOCAB_SIZE):  # reserved fillers up to the fixed high ids
         tok.add_special_tokens([AddedToken(high.get(token_id, f"<|reserved_{token_id}|>"), special=True,
                                            normalized=False)])
@@ -714,6 +750,18 @@ def _tiny_tokenizer(spec: _FamilySpec):
             raise AssertionError(f"tiny {spec.name} tokenizer: {token} got id {fast.convert_tokens_to_ids(token)}, "
                                  f"expected {token_id} (vocab {len(fast)})")
     return fast
+
+
+def _write_processor_config(folder: Path, processor: ProcessorMixin, spec: _FamilySpec) -> None:
+    """processor_config.json names the real transformers class, so the folder is a standard HF processor folder."""
+    config_path = folder / "processor_config.json"
+    proc_config = _read_json(config_path)
+    proc_config["processor_class"] = spec.processor_class.__name__
+    if spec.name == "llava_onevision":  # init kwargs of the real class, which the image-only subclass does not save
+        proc_config.update(num_image_tokens=processor.num_image_tokens,
+                           vision_aspect_ratio=processor.vision_aspect_ratio,
+                           vision_feature_select_strategy=processor.vision_feature_select_strategy)
+    config_path.write_text(json.dumps(proc_config, indent=2, sort_keys=True) + "\n")
 
 
 def build_tiny_processor(family: str, folder: str | Path) -> Path:
@@ -748,15 +796,7 @@ def build_tiny_processor(family: str, folder: str | Path) -> Path:
                         else "Qwen3VLVideoProcessor", "size": {"shortest_edge": 16 * 16, "longest_edge": 64 * 64},
                         "patch_size": 8, "merge_size": 2, "temporal_patch_size": 2, "do_sample_frames": False}
     processor.save_pretrained(folder)
-    # the folder names the real transformers class, so it is a standard HF processor folder
-    config_path = folder / "processor_config.json"
-    proc_config = _read_json(config_path)
-    proc_config["processor_class"] = spec.processor_class.__name__
-    if family == "llava_onevision":  # init kwargs of the real class, which the image-only subclass does not save
-        proc_config.update(num_image_tokens=processor.num_image_tokens,
-                           vision_aspect_ratio=processor.vision_aspect_ratio,
-                           vision_feature_select_strategy=processor.vision_feature_select_strategy)
-    config_path.write_text(json.dumps(proc_config, indent=2, sort_keys=True) + "\n")
+    _write_processor_config(folder, processor, spec)
     if video_config is not None:
         video_config.update(image_mean=list(image_processor.image_mean), image_std=list(image_processor.image_std),
                             processor_class=spec.processor_class.__name__)

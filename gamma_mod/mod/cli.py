@@ -1,6 +1,6 @@
 """`gamma-mod convert`: turn a dense model's low-ARank layers into MoD layers and save it (+ tokenizer).
 
-    gamma-mod convert --model STAGE1 --arank arank.json --routing-ratio 0.34 --out DIR [--k-dense 4]
+    gamma-mod convert --model STAGE1 --arank arank.json --skip-ratio 0.34 --out DIR [--k-dense 4]
     gamma-mod convert --model STAGE1 --layers 1,2,3 --out DIR            # explicit, no ARank needed
     gamma-mod convert --model STAGE1 --mod-strategy pmod --out DIR       # p-MoD: PRD schedule picks layers
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..arank.select import LAYER_SELECTIONS
 from ..errors import DataError, UsageError
-from ..model.folder import TOKENIZER_FILES, load_model_folder
+from ..model.folder import PROCESSOR_FILES, TOKENIZER_FILES, load_model_folder
 from .strategies import ROUTING_STRATEGIES
 
 
@@ -81,7 +81,7 @@ def choose_layers(args: argparse.Namespace, num_layers: int) -> list[int] | None
 
 def copy_tokenizer(source: Path, out: Path) -> list[str]:
     copied = []
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES + PROCESSOR_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
             copied.append(name)
@@ -97,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
                          f"got {args.skip_ratio}")
     if Path(args.out).is_file():
         raise UsageError(f"--out {args.out} is a file, not a folder")
+    # a Hugging Face family folder (llava-hf, OneVision, Qwen2.5-VL, Qwen3-VL) loads as its family's model
     model = load_model_folder(args.model, LlavaLlamaForCausalLM, what="--model")
-    if model.config.mod_config() is not None:
-        raise UsageError(f"--model {args.model} already has MoD layers {model.config.mod_config().mod_layers_idx}: "
+    existing = model.config.mod_config() if hasattr(model.config, "mod_config") else None
+    if existing is not None and existing.mod_layers_idx:
+        raise UsageError(f"--model {args.model} already has MoD layers {existing.mod_layers_idx}: "
                          f"convert a dense model")
+    num_layers = model.config.get_text_config().num_hidden_layers
     try:
-        layers = choose_layers(args, model.config.num_hidden_layers)
+        layers = choose_layers(args, num_layers)
     except (UsageError, DataError):
         raise
     except ValueError as e:  # the layer selection's own checks (k_dense, fraction, layer range)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         ratios = "retention " + " ".join(f"{i}:{1.0 - mod.layer_skip_ratio(i):.4f}" for i in mod.mod_layers_idx)
     else:
         ratios = f"skip ratio {mod.skip_ratio}"
-    print(f"wrote {out}: {len(mod.mod_layers_idx)} of {model.config.num_hidden_layers} layers MoD "
+    print(f"wrote {out}: {len(mod.mod_layers_idx)} of {num_layers} layers MoD "
           f"{mod.mod_layers_idx}, strategy {mod.strategy}, {ratios}; "
           f"tokenizer files: {', '.join(copied) or 'none found'}")
     return 0

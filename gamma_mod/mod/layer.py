@@ -101,6 +101,11 @@ class RoutingCounts(Mapping):
     def __init__(self, stats: dict[int, LayerRoutingStats]) -> None:
         self._stats = stats
 
+    @property
+    def layer_stats(self) -> dict[int, LayerRoutingStats]:
+        """{layer: LayerRoutingStats} (keep masks included: per-row token counts for TFLOPs)."""
+        return dict(self._stats)
+
     def __getitem__(self, layer: int) -> tuple[int, int]:
         s = self._stats[layer]
         return s.routable, s.skipped

@@ -9,6 +9,7 @@ ConfigError: exit code 2 at the CLI).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ WHAT_IT_HOLDS = "a model folder holds config.json and *.safetensors or pytorch_m
 # Everything a tokenizer folder may hold (Llama sentencepiece, fast tokenizers, BPE vocabularies).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+# A Hugging Face family's processor besides its tokenizer (image / video processor, processor kwargs).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
 # Any one of these is enough for AutoTokenizer to build a tokenizer.
 _TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -71,6 +74,8 @@ def load_model_folder(path: str | os.PathLike, model_class: Any = None, *, token
     registered our model types with it). `compat` ("ours" / "official") overrides the MoD behaviour the
     folder's config selects (see gamma_mod/mod/compat.py); a bad `mod` section names the config.json."""
     folder = check_model_folder(path, tokenizer=tokenizer, what=what)
+    if family_folder(folder):
+        return _load_family_folder(folder, path, what, compat, **kwargs)
     model_class = model_class or AutoModelForCausalLM
     try:
         if "config" not in kwargs:
@@ -78,4 +83,39 @@ def load_model_folder(path: str | os.PathLike, model_class: Any = None, *, token
         return model_class.from_pretrained(str(folder), **kwargs)
     except (OSError, SafetensorError) as e:
         # A truncated or corrupt weights file, an unreadable config.json.
+        raise ModelFolderError(f"{_prefix(what)}model folder {path} does not load: {e}") from e
+
+
+def family_folder(path: str | os.PathLike) -> str | None:
+    """The Hugging Face family of a model folder (llava_hf, llava_onevision, qwen2_5_vl, qwen3_vl; plain or
+    MoD twin), or None for our LLaVA fork (and for a folder without a readable config.json model_type)."""
+    from ..data.processor import FORK_MODEL_TYPES
+
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type", "")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not model_type or model_type in FORK_MODEL_TYPES:
+        return None
+    from ..families import UnknownFamilyError, get_family
+
+    try:
+        return get_family(model_type).name
+    except UnknownFamilyError as e:
+        raise ModelFolderError(f"model folder {path}: {e}") from None
+
+
+def _load_family_folder(folder: Path, path, what: str | None, compat: str | None, **kwargs: Any):
+    """A Hugging Face family folder through its Auto class (gamma_mod.families.load_family_model): every
+    command that loads a model folder loads these the same way (a model class asked for is the fork's and
+    does not apply; the official compat mode exists only for the fork)."""
+    from ..families import load_family_model
+
+    if compat == "official":
+        raise ModelFolderError(f"{_prefix(what)}{path} is a Hugging Face family model; the official gamma-MoD "
+                               "compat mode exists only for the LLaVA fork (llava_llama)")
+    kwargs.pop("config", None)
+    try:
+        return load_family_model(folder, **kwargs)
+    except (OSError, SafetensorError) as e:
         raise ModelFolderError(f"{_prefix(what)}model folder {path} does not load: {e}") from e

@@ -160,10 +160,61 @@ def build_model(cfg: TrainConfig, tokenizer):
     return model
 
 
+def training_family(cfg: TrainConfig) -> str | None:
+    """The Hugging Face family this run trains (llava_hf, llava_onevision, qwen2_5_vl, qwen3_vl), or None for
+    our LLaVA fork: from model.init's config.json model_type, else from a family spec (`family:`)."""
+    if cfg.model.init:
+        config_file = Path(cfg.model.init) / "config.json"
+        if not config_file.is_file():
+            return None  # check_inputs names the missing file
+        from ..data.processor import FORK_MODEL_TYPES
+
+        model_type = json.loads(config_file.read_text()).get("model_type", "")
+        if model_type in FORK_MODEL_TYPES:
+            return None
+        from ..families import get_family
+
+        return get_family(model_type).name
+    from ..families.specs import is_family_spec, load_family_spec
+
+    return load_family_spec(cfg.model.spec).family if is_family_spec(cfg.model.spec) else None
+
+
+def build_family_model(cfg: TrainConfig):
+    """(model, processor) of a Hugging Face family run. The processor folder is model.tokenizer (default:
+    model.init); a model built from a family spec takes its token ids (vocab, pad/eos, image/video) from that
+    processor's tokenizer, and the processor re-syncs its image/patch sizes from the model's config."""
+    from ..families import load_family_model
+    from ..families.processing import HFFamilyProcessor
+    from ..families.specs import build_family_model as build_from_spec, load_family_spec
+
+    attn = resolve_attn_implementation(cfg.model.attn_implementation)
+    dtype = torch.bfloat16 if cfg.optim.bf16 else torch.float32
+    if cfg.model.components():
+        raise ConfigError(f"model.{', model.'.join(cfg.model.components())}: pretrained LLaVA-fork components do "
+                          "not apply to a Hugging Face family model (start from a family model folder: model.init)")
+    source = cfg.model.tokenizer or cfg.model.init
+    if cfg.model.init:
+        model = load_family_model(cfg.model.init, attn_implementation=attn, dtype=dtype)
+    else:
+        spec = load_family_spec(cfg.model.spec)
+        processor = HFFamilyProcessor.from_pretrained(source, family=spec.family)
+        model = build_from_spec(spec, **processor.config_token_ids()).to(dtype)
+        model.config._attn_implementation = attn
+    processor = HFFamilyProcessor.for_model(model, source, max_length=cfg.data.max_length)
+    if model.config.get_text_config().vocab_size < len(processor.tokenizer):
+        raise ValueError(f"model has vocab_size {model.config.get_text_config().vocab_size} but the tokenizer in "
+                         f"{source} has {len(processor.tokenizer)} tokens: wrong processor for this model?")
+    if cfg.mod is not None:
+        apply_mod(model, cfg)
+    return model, processor
+
+
 def apply_mod(model, cfg: TrainConfig) -> None:
     """Convert to the `mod` section's layers, or check that an already-MoD `init` has exactly them."""
-    layers = cfg.mod.resolve_layers(model.config.num_hidden_layers)
-    existing = model.config.mod_config()
+    layers = cfg.mod.resolve_layers(model.config.get_text_config().num_hidden_layers)
+    # a plain Hugging Face family config has no `mod` section (its MoD twin's has)
+    existing = model.config.mod_config() if hasattr(model.config, "mod_config") else None
     if existing is not None:  # a converted init: the recipe's section is a check, never silently ignored
         wanted = {"layers": layers, "skip_ratio": cfg.mod.skip_ratio, "strategy": cfg.mod.strategy,
                   "router_aux_loss_coef": cfg.mod.router_aux_loss_coef}
@@ -194,6 +245,17 @@ def apply_lora(model, cfg: TrainConfig):
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, modules_to_save=["mm_projector"], task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def build_family_dataset(cfg: TrainConfig, processor):
+    """Records encoded by the family's processor (data/processor_dataset.py); the collator pads right."""
+    from ..data.processor_dataset import ProcessorDataset
+
+    dataset = ProcessorDataset(cfg.data.train_json, cfg.data.image_folder or Path(cfg.data.train_json).parent,
+                               processor, cfg.data.on_bad_record)
+    if len(dataset) == 0:
+        raise DataError("no usable records", "no usable records", source=cfg.data.train_json)
+    return dataset, processor.collate
 
 
 def build_dataset(cfg: TrainConfig, tokenizer, model):
@@ -288,7 +350,6 @@ def run_training(cfg: TrainConfig) -> Path:
     from ..data.tokenizer import load_tokenizer
     from .trainer import GammaTrainer
 
-    check_pretrained_components(cfg)  # before anything slow
     out = Path(cfg.output_dir)
     if cfg.resume and not cfg.overwrite and (out / COMPLETE).is_file():
         step = checkpoint.RunFolder.inspect(out).completed_step()
@@ -296,6 +357,9 @@ def run_training(cfg: TrainConfig) -> Path:
                     "overwrite=true)", out, step)
         return out
     check_inputs(cfg)
+    family = training_family(cfg)
+    if family is None:
+        check_pretrained_components(cfg)  # before anything slow
     folder = check_output_dir(cfg)
     try:
         args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
@@ -308,14 +372,24 @@ def run_training(cfg: TrainConfig) -> Path:
         # group must exist by then (the Trainer would only create it later). gloo on CPU.
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     set_seed(cfg.optim.seed)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.init or cfg.model.llm)
-    model = build_model(cfg, tokenizer)
+    if family is None:
+        tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.init or cfg.model.llm)
+        model = build_model(cfg, tokenizer)
+    else:
+        if cfg.lora.enable:
+            raise ConfigError("lora.enable: LoRA training is implemented for the LLaVA fork only, not for "
+                              f"{family} models")
+        model, processor = build_family_model(cfg)
+        tokenizer = processor.tokenizer
     set_trainable(model, cfg.trainable_groups())
     if cfg.lora.enable:
         model = apply_lora(model, cfg)
     if cfg.optim.gradient_checkpointing:
         model.enable_input_require_grads()
-    dataset, collator = build_dataset(cfg, tokenizer, model)
+    if family is None:
+        dataset, collator = build_dataset(cfg, tokenizer, model)
+    else:
+        dataset, collator = build_family_dataset(cfg, processor)
     with args.main_process_first(local=False, desc="preparing the output folder"):
         if args.process_index == 0:
             prepare_output_dir(cfg, folder)
@@ -339,7 +413,8 @@ def run_training(cfg: TrainConfig) -> Path:
         trainer.model_wrapped = trainer.model
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(out)
+        # a family folder carries its whole processor (tokenizer, image processor, chat template)
+        (tokenizer if family is None else processor).save_pretrained(out)
         step = trainer.state.global_step
         train_loss = result.training_loss
         if resumed_from:

@@ -60,10 +60,50 @@ def group_prefixes(group: str, family: str | None) -> tuple[str, ...]:
     return table[family]
 
 
+# Hugging Face families (gamma_mod.families): the groups that exist there, from the family adapter's paths.
+FAMILY_GROUPS = ("mm_projector", "llm", "clip")
+
+
+def family_adapter(model: nn.Module):
+    """The model's Hugging Face family adapter, or None for our LLaVA fork (and for models of no family)."""
+    from ..families import UnknownFamilyError, get_family
+
+    try:
+        adapter = get_family(model.config)
+    except UnknownFamilyError:
+        return None
+    return None if adapter.name == "llava_fork" else adapter
+
+
+def family_group_owners(model: nn.Module, adapter, groups: list[str]) -> dict[str, str]:
+    """parameter name -> group, for a Hugging Face family model. mm_projector = the adapter's projector_modules
+    (Qwen's merger, LLaVA's multi_modal_projector, OneVision's image_newline too); clip = the vision encoder
+    (adapter.vision_modules, projector excluded; the name is the fork's, the tower is the family's own: CLIP,
+    SigLIP, Qwen's ViT); llm = every other parameter (embeddings, decoder layers with MoD routers, norm, lm_head)."""
+    unknown = [g for g in groups if g not in FAMILY_GROUPS]
+    if unknown:
+        raise ValueError(f"trainable groups {unknown} do not exist in a {adapter.name!r} model "
+                         f"(its groups: {list(FAMILY_GROUPS)})")
+    projector = {id(p) for p in adapter.projector_parameters(model)}
+    vision = {id(p) for p in adapter.vision_parameters(model)}
+    owners = {}
+    for name, p in model.named_parameters():
+        group = "mm_projector" if id(p) in projector else "clip" if id(p) in vision else "llm"
+        if group in groups:
+            owners[name] = group
+    return owners
+
+
 def set_trainable(model: nn.Module, groups: list[str]) -> list[str]:
     """Freeze everything, then unfreeze `groups`; returns the trainable parameter names (sorted)."""
-    family = tower_family(model.config)
-    prefixes = {group: group_prefixes(group, family) for group in groups}
+    adapter = family_adapter(model)
+    if adapter is not None:
+        owners_of = family_group_owners(model, adapter, groups)
+        family = adapter.name
+    else:
+        family = tower_family(model.config)
+        prefixes = {group: group_prefixes(group, family) for group in groups}
+        owners_of = None
     for p in model.parameters():
         p.requires_grad_(False)
     counts: dict[str, int] = {}
@@ -73,7 +113,10 @@ def set_trainable(model: nn.Module, groups: list[str]) -> list[str]:
 
     names = []
     for name, p in model.named_parameters():
-        owners = [g for g, pre in prefixes.items() if name.startswith(pre)]
+        if owners_of is not None:
+            owners = [owners_of[name]] if name in owners_of else []
+        else:
+            owners = [g for g, pre in prefixes.items() if name.startswith(pre)]
         if owners:
             p.requires_grad_(True)
             names.append(name)

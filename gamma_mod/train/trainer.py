@@ -61,9 +61,10 @@ class GammaTrainer(Trainer):
             step = self.state.global_step + 1
             ids = f" (samples {', '.join(map(str, sample_ids))})" if sample_ids else ""
             raise TrainingDivergedError(f"non-finite loss {loss.item()} at step {step}{ids}; stopping training")
-        if outputs.lm_loss is not None:
+        # a plain Hugging Face family model's output has neither (its MoD twin's has both)
+        if getattr(outputs, "lm_loss", None) is not None:
             self._accumulate("lm_loss", outputs.lm_loss)
-        if outputs.routing_loss is not None:
+        if getattr(outputs, "routing_loss", None) is not None:
             self._accumulate("routing_loss", outputs.routing_loss)
         self._track_routing(model)
         if self.model.training:
