@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow.compute as pc
 import torch
 from filelock import FileLock
@@ -90,21 +91,15 @@ def cache_key(json_path: Path, tokenizer, template: ConversationTemplate, num_im
 def collapse_image_runs(input_ids: list[int], labels: list[int], image_id: int) -> tuple[list[int], list[int], list[int]]:
     """Each run of consecutive `image_id` tokens -> one token (label kept from the run's first token) and its
     length; the inverse of `expand_image_runs`."""
-    ids_out: list[int] = []
-    labels_out: list[int] = []
-    runs: list[int] = []
-    previous_image = False
-    for token, label in zip(input_ids, labels):
-        is_image = token == image_id
-        if is_image and previous_image:
-            runs[-1] += 1
-        else:
-            ids_out.append(token)
-            labels_out.append(label)
-            if is_image:
-                runs.append(1)
-        previous_image = is_image
-    return ids_out, labels_out, runs
+    ids = np.asarray(input_ids, dtype=np.int64)
+    is_image = ids == image_id
+    if not is_image.any():
+        return list(input_ids), list(labels), []
+    before = np.concatenate(([False], is_image[:-1]))
+    after = np.concatenate((is_image[1:], [False]))
+    keep = ~(is_image & before)  # every id but the 2nd, 3rd, ... of a run
+    runs = np.flatnonzero(is_image & ~after) - np.flatnonzero(is_image & ~before) + 1
+    return ids[keep].tolist(), np.asarray(labels, dtype=np.int64)[keep].tolist(), runs.tolist()
 
 
 def expand_image_runs(input_ids: torch.Tensor, labels: torch.Tensor, runs: list[int],
@@ -131,16 +126,19 @@ _CHECKED_IMAGES: dict[tuple, DataError | None] = {}
 
 def _process(batch: dict[str, list], indices: list[int], *, json_path: str, image_folder: str | None,
              processor: LlavaForkProcessor) -> dict[str, list]:
-    """One map() batch: every record -> one row; a bad record's row holds its located error."""
-    out: dict[str, list] = {name: [] for name in FEATURES}
+    """One map() batch: every record -> one row; a bad record's row holds its located error. Records are
+    validated and their images checked one by one, then tokenized together (processor.tokenize_many)."""
     checked = _CHECKED_IMAGES
     folder = Path(image_folder) if image_folder else None
     image_id = image_token_id(processor.tokenizer)
+    rows: list[dict[str, Any]] = []
+    valid: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (row, record) of records that passed the checks
     for text, index in zip(batch["record"], indices):
         record = json.loads(text)
         rid = record_id(record, index)
         row: dict[str, Any] = dict(sample_id=rid, input_ids=[], labels=[], image_runs=[], image="", modality_length=0,
                                    truncated=False, official_masked=False, error_reason="", error_message="")
+        rows.append(row)
         try:
             validate_record(record, index, json_path)
             if record.get("image"):
@@ -157,17 +155,24 @@ def _process(batch: dict[str, list], indices: list[int], *, json_path: str, imag
                 if checked[key] is not None:
                     raise checked[key].located(record_id=rid)
                 row["image"] = record["image"]
-            sample = processor.tokenize(record)
-            n = len(sample.input_ids)
-            ids, labels, runs = collapse_image_runs(sample.input_ids, sample.labels, image_id)
-            row.update(input_ids=ids, labels=labels, image_runs=runs, truncated=sample.truncated,
-                       official_masked=sample.official_masked, modality_length=n if row["image"] else -n)
+            valid.append((row, record))
         except DataError as error:
-            error = error.located(json_path, rid)
-            row.update(error_reason=error.reason, error_message=str(error), input_ids=[], labels=[])
-        for name in FEATURES:
-            out[name].append(row[name])
-    return out
+            _fail(row, error, json_path)
+    samples = processor.tokenize_many([record for _, record in valid])
+    for (row, _), sample in zip(valid, samples):
+        if isinstance(sample, DataError):
+            _fail(row, sample, json_path)
+            continue
+        n = len(sample.input_ids)
+        ids, labels, runs = collapse_image_runs(sample.input_ids, sample.labels, image_id)
+        row.update(input_ids=ids, labels=labels, image_runs=runs, truncated=sample.truncated,
+                   official_masked=sample.official_masked, modality_length=n if row["image"] else -n)
+    return {name: [row[name] for row in rows] for name in FEATURES}
+
+
+def _fail(row: dict[str, Any], error: DataError, json_path: str) -> None:
+    error = error.located(json_path, row["sample_id"])
+    row.update(error_reason=error.reason, error_message=str(error))
 
 
 def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: int, fn_kwargs: dict) -> None:
@@ -183,11 +188,12 @@ def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: i
                        num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
                        fn_kwargs=fn_kwargs, cache_file_name=str(scratch / "rows.arrow"),
                        new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
-        any_bad = pc.any(pc.not_equal(rows.data.column("error_reason"), "")).as_py()
-        bad = rows.filter(lambda r: r != "", input_columns="error_reason", cache_file_name=str(scratch / "bad.arrow"),
-                          new_fingerprint=f"{target.name}-bad") if any_bad else None
-        good = rows.filter(lambda r: r == "", input_columns="error_reason", cache_file_name=str(scratch / "good.arrow"),
-                           new_fingerprint=f"{target.name}-good")
+        # Bad rows are found from the Arrow column (no Python call per row); select() only writes an index map.
+        is_bad = pc.not_equal(rows.data.column("error_reason"), "").to_numpy(zero_copy_only=False)
+        bad, good = None, rows
+        if is_bad.any():
+            bad = rows.select(np.flatnonzero(is_bad), indices_cache_file_name=str(scratch / "bad.idx"))
+            good = rows.select(np.flatnonzero(~is_bad), indices_cache_file_name=str(scratch / "good.idx"))
         good = good.remove_columns(["error_reason", "error_message"])
         report = {
             "records": len(rows),
