@@ -183,6 +183,9 @@ def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: i
         images = sorted({r["image"] for r in records if isinstance(r, dict) and isinstance(r.get("image"), str)} - {""})
         raw = datasets.Dataset.from_dict({"record": [json.dumps(r) for r in records]})
         del records
+        # On disk and memory-mapped, so map(num_proc) hands its workers file-backed shards, not pickled copies.
+        raw.save_to_disk(str(scratch / "raw"))
+        raw = datasets.load_from_disk(str(scratch / "raw"))
         # Explicit cache files and fingerprints: our key decides reuse, datasets need not hash the tokenizer.
         rows = raw.map(_process, with_indices=True, batched=True, batch_size=256,
                        num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
