@@ -36,13 +36,14 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
 from .dataset import BAD_RECORD_MODES
-from .formats import DataError, read_records, record_id, validate_record
+from .formats import DataError, iter_record_texts, read_records, record_id, validate_record
 from .images import check_image, open_image
 from .preprocess import OVERLONG_MODES
 from .processor import LlavaForkProcessor
@@ -175,22 +176,38 @@ def _fail(row: dict[str, Any], error: DataError, json_path: str) -> None:
     row.update(error_reason=error.reason, error_message=str(error))
 
 
+def _write_raw(json_path: Path, out: Path, batch_size: int = 10_000) -> tuple[datasets.Dataset, list[str]]:
+    """The records' JSON texts -> a memory-mapped one-column Arrow file (map(num_proc) hands its workers
+    file-backed shards, not pickled copies), and the image names they use. Streamed: one record parsed at a time."""
+    schema = pa.schema([("record", pa.string())])
+    images: set[str] = set()
+    texts: list[str] = []
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for text, record in iter_record_texts(json_path):
+            texts.append(text)
+            if isinstance(record, dict) and isinstance(record.get("image"), str) and record["image"]:
+                images.add(record["image"])
+            if len(texts) == batch_size:
+                writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+                texts = []
+        if texts:
+            writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+    return datasets.Dataset.from_file(str(out)), sorted(images)
+
+
 def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: int, fn_kwargs: dict) -> None:
     """Tokenize every record into `target` (written under a temporary name, then renamed: atomic)."""
-    records = read_records(json_path)
     scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        images = sorted({r["image"] for r in records if isinstance(r, dict) and isinstance(r.get("image"), str)} - {""})
-        raw = datasets.Dataset.from_dict({"record": [json.dumps(r) for r in records]})
-        del records
-        # On disk and memory-mapped, so map(num_proc) hands its workers file-backed shards, not pickled copies.
-        raw.save_to_disk(str(scratch / "raw"))
-        raw = datasets.load_from_disk(str(scratch / "raw"))
-        # Explicit cache files and fingerprints: our key decides reuse, datasets need not hash the tokenizer.
-        rows = raw.map(_process, with_indices=True, batched=True, batch_size=256,
-                       num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
-                       fn_kwargs=fn_kwargs, cache_file_name=str(scratch / "rows.arrow"),
-                       new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
+        raw, images = _write_raw(json_path, scratch / "raw.arrow")
+        if len(raw):
+            # Explicit cache files and fingerprints: our key decides reuse, datasets need not hash the tokenizer.
+            rows = raw.map(_process, with_indices=True, batched=True, batch_size=256,
+                           num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
+                           fn_kwargs=fn_kwargs, cache_file_name=str(scratch / "rows.arrow"),
+                           new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
+        else:  # map() over no rows would not give them FEATURES' columns
+            rows = datasets.Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES)
         # Bad rows are found from the Arrow column (no Python call per row); select() only writes an index map.
         is_bad = pc.not_equal(rows.data.column("error_reason"), "").to_numpy(zero_copy_only=False)
         bad, good = None, rows
@@ -207,7 +224,7 @@ def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: i
             "images": {} if image_folder is None else {name: _image_stat(image_folder / name) for name in images},
         }
         staged = scratch / "final"
-        good.save_to_disk(str(staged))
+        good.save_to_disk(str(staged), num_shards=None if len(good) else 1)  # 0 shards would not load again
         (staged / "report.json").write_text(json.dumps(report))
         del rows, good, bad, raw
         os.replace(staged, target)
