@@ -3,9 +3,11 @@
     key   = sha256(JSON bytes, tokenizer, template, num_image_tokens, max_length, on_overlong,
                    image folder, FORMAT_VERSION)
     cache = <json dir>/.gamma_mod_cache/<json stem>-<key[:16]>/  (or data.cache_dir)
-    build : records -> datasets.Dataset of JSON strings -> map(num_proc) runs the same checks and
-            tokenization (the LLaVA-fork processor's) as SupervisedDataset, one row per record
-            (bad ones carry reason+message)
+    build : the JSON streamed (formats.iter_record_texts: one record parsed at a time) -> each record's
+            exact JSON text in a memory-mapped one-column Arrow file -> map(num_proc) over file-backed
+            shards runs the same checks and tokenization (the LLaVA-fork processor's; a map batch's
+            strings in one tokenizer call, gamma_mod.data.batched) as SupervisedDataset, one row per
+            record (bad ones carry reason+message)
           -> report.json (skip counts, every bad record, image (size, mtime)) + the good rows, saved
     load  : load_from_disk (memory-mapped: every rank and DataLoader worker shares the page cache)
     rows  : each run of image tokens is stored as ONE image id (its label one IGNORE_INDEX) with the run's
