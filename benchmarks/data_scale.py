@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,8 @@ def child_start(folder: Path, num_proc: int, iterate: bool, iterate_images: bool
     t0 = time.perf_counter()
     dataset = open_dataset(folder, num_proc, tokenizer)
     out = {"seconds": time.perf_counter() - t0, "cached": dataset.cached, "rows": len(dataset),
-           "rss_before_mb": before[0], "uss_before_mb": before[1]}
+           "rss_before_mb": before[0], "uss_before_mb": before[1],
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     out["rss_mb"], out["uss_mb"] = memory()
     if iterate:
         import torch
@@ -177,11 +179,17 @@ def main() -> None:
     print(f"wrote {args.records} records ({path.stat().st_size / 2**20:.0f} MB JSON) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     shutil.rmtree(folder / ".gamma_mod_cache", ignore_errors=True)
+    # The 1-minute load average before and after each phase: on a shared machine it says what the times mean.
+    load = {"before_first": os.getloadavg()[0]}
     first = run_child(folder, args.num_proc, False, False)
+    load["after_first"] = os.getloadavg()[0]
     cached = run_child(folder, args.num_proc, not args.no_iterate, args.iterate_images)
+    load["after_cached_and_epoch"] = os.getloadavg()[0]
     assert not first["cached"] and cached["cached"]
-    row = {"records": args.records, "rows": cached["rows"], "num_proc": args.num_proc,
-           "first_start_s": round(first["seconds"], 1), "cached_start_s": round(cached["seconds"], 2),
+    row = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "records": args.records,
+           "rows": cached["rows"], "num_proc": args.num_proc, "cpus": os.cpu_count(),
+           "first_start_s": round(first["seconds"], 1), "first_peak_rss_mb": round(first["peak_rss_mb"]),
+           "cached_start_s": round(cached["seconds"], 2),
            "main_rss_mb": round(cached["rss_mb"]),
            "main_uss_growth_mb": round(cached["uss_mb"] - cached["uss_before_mb"]),
            "main_rss_growth_mb": round(cached["rss_mb"] - cached["rss_before_mb"])}
@@ -191,10 +199,14 @@ def main() -> None:
         row["workers_uss_mb"] = [round(w["uss_mb"]) for w in cached["workers"]]
         row["main_rss_after_epoch_mb"] = round(cached["main_after_epoch_rss_mb"])
     if args.torchrun:
+        load["before_torchrun"] = os.getloadavg()[0]
         ranks = run_torchrun(folder, args.torchrun, args.num_proc)
+        load["after_torchrun"] = os.getloadavg()[0]
         row["torchrun"] = [{"rank": r["rank"], "seconds": round(r["seconds"], 1), "cached": r["cached"],
-                            "rss_mb": round(r["rss_mb"]), "rss_growth_mb": round(r["rss_mb"] - r["rss_before_mb"])}
+                            "rss_mb": round(r["rss_mb"]), "rss_growth_mb": round(r["rss_mb"] - r["rss_before_mb"]),
+                            "peak_rss_mb": round(r["peak_rss_mb"])}
                            for r in ranks]
+    row["load_avg_1min"] = {k: round(v, 1) for k, v in load.items()}
     print(json.dumps(row))
 
 

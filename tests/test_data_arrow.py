@@ -198,3 +198,37 @@ def test_cache_stores_one_id_per_image(tokenizer, folder):
     assert row["image_runs"] == [NUM_IMAGE_TOKENS]
     assert len(row["input_ids"]) == len(full) - NUM_IMAGE_TOKENS + 1
     assert torch.equal(dataset[0]["input_ids"], full)
+
+
+@pytest.mark.parametrize("content", ['[]', ' [ ] \n', '[{"id": 1, "v": "x\\u00e9 \\"q\\""} , 3, "s", [1, 2] ]\n',
+                                     json.dumps([{"id": "é", "v": [1.5, None]}, {}], indent=2)])
+def test_records_stream_as_their_exact_json_text(tmp_path, content):
+    from gamma_mod.data.formats import iter_record_texts
+
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    got = list(iter_record_texts(path))
+    assert [record for _, record in got] == json.loads(content)
+    assert [json.loads(text) for text, _ in got] == json.loads(content)
+    assert all(text in content for text, _ in got)  # slices of the file, not re-serialised
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"a": 1}', "expected a JSON list of records, got dict"),
+    ('[1, 2', r"not valid JSON \(Expecting ',' delimiter: line 1 column 6 \(char 5\)\)"),
+    ('[1,]', r"not valid JSON \(Expecting value: line 1 column 4"),
+    ('[1] x', r"not valid JSON \(Extra data: line 1 column 5"),
+])
+def test_a_broken_file_streams_the_error_read_records_gives(tmp_path, content, message):
+    from gamma_mod.data.formats import iter_record_texts, read_records
+
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    for read in (read_records, lambda p: list(iter_record_texts(p))):
+        with pytest.raises(DataError, match=rf"{path}: {message}"):
+            read(path)
+
+
+def test_an_empty_list_is_an_empty_dataset(tokenizer, folder):
+    dataset = arrow(tokenizer, folder, write(folder, []))
+    assert len(dataset) == 0 and dataset.skipped == {} and len(dataset.lengths) == 0

@@ -3,9 +3,11 @@
     key   = sha256(JSON bytes, tokenizer, template, num_image_tokens, max_length, on_overlong,
                    image folder, FORMAT_VERSION)
     cache = <json dir>/.gamma_mod_cache/<json stem>-<key[:16]>/  (or data.cache_dir)
-    build : records -> datasets.Dataset of JSON strings -> map(num_proc) runs the same checks and
-            tokenization (the LLaVA-fork processor's) as SupervisedDataset, one row per record
-            (bad ones carry reason+message)
+    build : the JSON streamed (formats.iter_record_texts: one record parsed at a time) -> each record's
+            exact JSON text in a memory-mapped one-column Arrow file -> map(num_proc) over file-backed
+            shards runs the same checks and tokenization (the LLaVA-fork processor's; a map batch's
+            strings in one tokenizer call, gamma_mod.data.batched) as SupervisedDataset, one row per
+            record (bad ones carry reason+message)
           -> report.json (skip counts, every bad record, image (size, mtime)) + the good rows, saved
     load  : load_from_disk (memory-mapped: every rank and DataLoader worker shares the page cache)
     rows  : each run of image tokens is stored as ONE image id (its label one IGNORE_INDEX) with the run's
@@ -35,13 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
 from .dataset import BAD_RECORD_MODES
-from .formats import DataError, read_records, record_id, validate_record
+from .formats import DataError, iter_record_texts, read_records, record_id, validate_record
 from .images import check_image, open_image
 from .preprocess import OVERLONG_MODES
 from .processor import LlavaForkProcessor
@@ -90,21 +94,15 @@ def cache_key(json_path: Path, tokenizer, template: ConversationTemplate, num_im
 def collapse_image_runs(input_ids: list[int], labels: list[int], image_id: int) -> tuple[list[int], list[int], list[int]]:
     """Each run of consecutive `image_id` tokens -> one token (label kept from the run's first token) and its
     length; the inverse of `expand_image_runs`."""
-    ids_out: list[int] = []
-    labels_out: list[int] = []
-    runs: list[int] = []
-    previous_image = False
-    for token, label in zip(input_ids, labels):
-        is_image = token == image_id
-        if is_image and previous_image:
-            runs[-1] += 1
-        else:
-            ids_out.append(token)
-            labels_out.append(label)
-            if is_image:
-                runs.append(1)
-        previous_image = is_image
-    return ids_out, labels_out, runs
+    ids = np.asarray(input_ids, dtype=np.int64)
+    is_image = ids == image_id
+    if not is_image.any():
+        return list(input_ids), list(labels), []
+    before = np.concatenate(([False], is_image[:-1]))
+    after = np.concatenate((is_image[1:], [False]))
+    keep = ~(is_image & before)  # every id but the 2nd, 3rd, ... of a run
+    runs = np.flatnonzero(is_image & ~after) - np.flatnonzero(is_image & ~before) + 1
+    return ids[keep].tolist(), np.asarray(labels, dtype=np.int64)[keep].tolist(), runs.tolist()
 
 
 def expand_image_runs(input_ids: torch.Tensor, labels: torch.Tensor, runs: list[int],
@@ -131,16 +129,19 @@ _CHECKED_IMAGES: dict[tuple, DataError | None] = {}
 
 def _process(batch: dict[str, list], indices: list[int], *, json_path: str, image_folder: str | None,
              processor: LlavaForkProcessor) -> dict[str, list]:
-    """One map() batch: every record -> one row; a bad record's row holds its located error."""
-    out: dict[str, list] = {name: [] for name in FEATURES}
+    """One map() batch: every record -> one row; a bad record's row holds its located error. Records are
+    validated and their images checked one by one, then tokenized together (processor.tokenize_many)."""
     checked = _CHECKED_IMAGES
     folder = Path(image_folder) if image_folder else None
     image_id = image_token_id(processor.tokenizer)
+    rows: list[dict[str, Any]] = []
+    valid: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (row, record) of records that passed the checks
     for text, index in zip(batch["record"], indices):
         record = json.loads(text)
         rid = record_id(record, index)
         row: dict[str, Any] = dict(sample_id=rid, input_ids=[], labels=[], image_runs=[], image="", modality_length=0,
                                    truncated=False, official_masked=False, error_reason="", error_message="")
+        rows.append(row)
         try:
             validate_record(record, index, json_path)
             if record.get("image"):
@@ -157,37 +158,64 @@ def _process(batch: dict[str, list], indices: list[int], *, json_path: str, imag
                 if checked[key] is not None:
                     raise checked[key].located(record_id=rid)
                 row["image"] = record["image"]
-            sample = processor.tokenize(record)
-            n = len(sample.input_ids)
-            ids, labels, runs = collapse_image_runs(sample.input_ids, sample.labels, image_id)
-            row.update(input_ids=ids, labels=labels, image_runs=runs, truncated=sample.truncated,
-                       official_masked=sample.official_masked, modality_length=n if row["image"] else -n)
+            valid.append((row, record))
         except DataError as error:
-            error = error.located(json_path, rid)
-            row.update(error_reason=error.reason, error_message=str(error), input_ids=[], labels=[])
-        for name in FEATURES:
-            out[name].append(row[name])
-    return out
+            _fail(row, error, json_path)
+    samples = processor.tokenize_many([record for _, record in valid])
+    for (row, _), sample in zip(valid, samples):
+        if isinstance(sample, DataError):
+            _fail(row, sample, json_path)
+            continue
+        n = len(sample.input_ids)
+        ids, labels, runs = collapse_image_runs(sample.input_ids, sample.labels, image_id)
+        row.update(input_ids=ids, labels=labels, image_runs=runs, truncated=sample.truncated,
+                   official_masked=sample.official_masked, modality_length=n if row["image"] else -n)
+    return {name: [row[name] for row in rows] for name in FEATURES}
+
+
+def _fail(row: dict[str, Any], error: DataError, json_path: str) -> None:
+    error = error.located(json_path, row["sample_id"])
+    row.update(error_reason=error.reason, error_message=str(error))
+
+
+def _write_raw(json_path: Path, out: Path, batch_size: int = 10_000) -> tuple[datasets.Dataset, list[str]]:
+    """The records' JSON texts -> a memory-mapped one-column Arrow file (map(num_proc) hands its workers
+    file-backed shards, not pickled copies), and the image names they use. Streamed: one record parsed at a time."""
+    schema = pa.schema([("record", pa.string())])
+    images: set[str] = set()
+    texts: list[str] = []
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for text, record in iter_record_texts(json_path):
+            texts.append(text)
+            if isinstance(record, dict) and isinstance(record.get("image"), str) and record["image"]:
+                images.add(record["image"])
+            if len(texts) == batch_size:
+                writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+                texts = []
+        if texts:
+            writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+    return datasets.Dataset.from_file(str(out)), sorted(images)
 
 
 def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: int, fn_kwargs: dict) -> None:
     """Tokenize every record into `target` (written under a temporary name, then renamed: atomic)."""
-    records = read_records(json_path)
     scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        images = sorted({r["image"] for r in records if isinstance(r, dict) and isinstance(r.get("image"), str)} - {""})
-        raw = datasets.Dataset.from_dict({"record": [json.dumps(r) for r in records]})
-        del records
-        # Explicit cache files and fingerprints: our key decides reuse, datasets need not hash the tokenizer.
-        rows = raw.map(_process, with_indices=True, batched=True, batch_size=256,
-                       num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
-                       fn_kwargs=fn_kwargs, cache_file_name=str(scratch / "rows.arrow"),
-                       new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
-        any_bad = pc.any(pc.not_equal(rows.data.column("error_reason"), "")).as_py()
-        bad = rows.filter(lambda r: r != "", input_columns="error_reason", cache_file_name=str(scratch / "bad.arrow"),
-                          new_fingerprint=f"{target.name}-bad") if any_bad else None
-        good = rows.filter(lambda r: r == "", input_columns="error_reason", cache_file_name=str(scratch / "good.arrow"),
-                           new_fingerprint=f"{target.name}-good")
+        raw, images = _write_raw(json_path, scratch / "raw.arrow")
+        if len(raw):
+            # Explicit cache files and fingerprints: our key decides reuse, datasets need not hash the tokenizer.
+            rows = raw.map(_process, with_indices=True, batched=True, batch_size=256,
+                           num_proc=num_proc if num_proc > 1 else None, remove_columns=["record"], features=FEATURES,
+                           fn_kwargs=fn_kwargs, cache_file_name=str(scratch / "rows.arrow"),
+                           new_fingerprint=f"{target.name}-rows", desc=f"tokenizing {json_path.name}")
+        else:  # map() over no rows would not give them FEATURES' columns
+            rows = datasets.Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES)
+        # Bad rows are found from the Arrow column (no Python call per row); select() only writes an index map.
+        is_bad = pc.not_equal(rows.data.column("error_reason"), "").to_numpy(zero_copy_only=False)
+        bad, good = None, rows
+        if is_bad.any():
+            bad = rows.select(np.flatnonzero(is_bad), indices_cache_file_name=str(scratch / "bad.idx"))
+            good = rows.select(np.flatnonzero(~is_bad), indices_cache_file_name=str(scratch / "good.idx"))
         good = good.remove_columns(["error_reason", "error_message"])
         report = {
             "records": len(rows),
@@ -198,7 +226,7 @@ def _build(json_path: Path, image_folder: Path | None, target: Path, num_proc: i
             "images": {} if image_folder is None else {name: _image_stat(image_folder / name) for name in images},
         }
         staged = scratch / "final"
-        good.save_to_disk(str(staged))
+        good.save_to_disk(str(staged), num_shards=None if len(good) else 1)  # 0 shards would not load again
         (staged / "report.json").write_text(json.dumps(report))
         del rows, good, bad, raw
         os.replace(staged, target)

@@ -7,12 +7,14 @@ only (roles, image tag vs image field); whether the image file opens is the data
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["DataError", "IMAGE_TAG", "read_records", "record_id", "validate_record"]
+__all__ = ["DataError", "IMAGE_TAG", "iter_record_texts", "read_records", "record_id", "validate_record"]
 
 IMAGE_TAG = "<image>"
 
@@ -28,6 +30,45 @@ def read_records(path: str | Path) -> list[Any]:
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of records, got {type(data).__name__}", "bad json", source=path)
     return data
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")  # what JSON counts as whitespace between values
+
+
+def iter_record_texts(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Each record of the JSON list as (its exact JSON text, the parsed record), one at a time: a caller that
+    keeps the texts holds one parsed record, not the whole list (665K records: GBs of Python objects).
+    Whatever is wrong with the file raises read_records' error for it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        read_records(path)  # raises "no such data file"
+        raise
+    decoder = json.JSONDecoder()
+    try:
+        i = _JSON_SPACE.match(text).end()
+        if text[i:i + 1] != "[":
+            raise ValueError("not a list")
+        i = _JSON_SPACE.match(text, i + 1).end()
+        if text[i:i + 1] == "]":
+            i = _JSON_SPACE.match(text, i + 1).end()
+        else:
+            while True:
+                record, end = decoder.raw_decode(text, i)
+                yield text[i:end], record
+                i = _JSON_SPACE.match(text, end).end()
+                separator = text[i:i + 1]
+                i = _JSON_SPACE.match(text, i + 1).end()
+                if separator == "]":
+                    break
+                if separator != ",":
+                    raise ValueError("expected , or ]")
+        if i != len(text):
+            raise ValueError("extra data after the list")
+    except ValueError:  # json.JSONDecodeError included
+        read_records(path)  # raises the file's error ("not valid JSON (...)", "expected a JSON list ...")
+        raise
 
 
 def record_id(record: Any, index: int) -> str:

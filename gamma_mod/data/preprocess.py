@@ -63,9 +63,28 @@ def record_turns(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 def expand_image_tokens(ids: list[int], image_token_id: int, num_image_tokens: int) -> list[int]:
     """One `<image>` id -> `num_image_tokens` copies: the model writes one image feature into each."""
+    return _expand_at(ids, _positions(ids, image_token_id), image_token_id, num_image_tokens)
+
+
+def _positions(ids: list[int], token: int) -> list[int]:
+    """Where `token` occurs in `ids` (list.index: a C scan, not a Python loop over every id)."""
     out: list[int] = []
-    for token in ids:
-        out.extend([token] * num_image_tokens if token == image_token_id else [token])
+    try:
+        while True:
+            out.append(ids.index(token, out[-1] + 1 if out else 0))
+    except ValueError:
+        return out
+
+
+def _expand_at(values: list[int], positions: list[int], fill: int, n: int) -> list[int]:
+    """`values` with the entry at each of `positions` replaced by `n` copies of `fill`."""
+    out: list[int] = []
+    start = 0
+    for k in positions:
+        out += values[start:k]
+        out += [fill] * n
+        start = k + 1
+    out += values[start:]
     return out
 
 
@@ -94,10 +113,10 @@ def tokenize_record(record: dict[str, Any], tokenizer, template: ConversationTem
     else:
         ids, labels, official_masked = _tokenize_two(rid, tokenizer, template, turns, image_id, max_length)
 
-    n_tags = ids.count(image_id)
-    input_ids = expand_image_tokens(ids, image_id, num_image_tokens)
-    labels = [label for token, label in zip(ids, labels)
-              for label in ([IGNORE_INDEX] * num_image_tokens if token == image_id else [label])]
+    tags = _positions(ids, image_id)
+    n_tags = len(tags)
+    input_ids = _expand_at(ids, tags, image_id, num_image_tokens)
+    labels = _expand_at(labels, tags, IGNORE_INDEX, num_image_tokens)
     truncated = len(input_ids) > max_length
     if truncated:
         if on_overlong == "error":

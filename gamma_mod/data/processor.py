@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from .batched import tokenize_records
 from .formats import IMAGE_TAG, DataError, record_id, validate_record
 from .images import open_image
 from .preprocess import IGNORE_INDEX, OVERLONG_MODES, TokenizedSample, encode_prompt, tokenize_record
@@ -177,6 +178,12 @@ class LlavaForkProcessor:
         """input_ids and labels of a validated record, images not opened (LLaVA's preprocess_v1 / _plain)."""
         return tokenize_record(record, self.tokenizer, self.template, self.num_image_tokens, self.max_length,
                                self.on_overlong)
+
+    def tokenize_many(self, records: list[dict[str, Any]]) -> list[TokenizedSample | DataError]:
+        """tokenize() of each validated record, in order (a record's DataError in its place), the
+        tokenizer called once for all of them: the same ids (gamma_mod.data.batched)."""
+        return tokenize_records(records, self.tokenizer, self.template, self.num_image_tokens, self.max_length,
+                                self.on_overlong)
 
     def image_tensor(self, image: Image.Image | str | Path, rid: str | None = None) -> torch.Tensor:
         """One image (PIL, or a file opened here) -> (3, S, S) float pixels."""

@@ -134,12 +134,17 @@ def _prepends_space_marker(tokenizer) -> bool:
     return isinstance(pre, pre_tokenizers.Metaspace) and pre.prepend_scheme in ("always", "first")
 
 
+def llava_text(tokenizer, text: str) -> tuple[str, int]:
+    """(what `encode_text` hands the tokenizer for `text`, how many characters it put in front)."""
+    if text.startswith(" ") and _prepends_space_marker(tokenizer):
+        return " " + text, 1
+    return text, 0
+
+
 def encode_text(tokenizer, text: str, *, add_special_tokens: bool = True, with_offsets: bool = False):
     """`tokenizer(text).input_ids` as LLaVA's slow sentencepiece tokenizer gives them (see the module
     docstring); with_offsets: also each token's (start, end) characters in `text`."""
-    shift = 0
-    if text.startswith(" ") and _prepends_space_marker(tokenizer):
-        text, shift = " " + text, 1
+    text, shift = llava_text(tokenizer, text)
     if not with_offsets:
         return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
     encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
