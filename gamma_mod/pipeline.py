@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     t = step("0/6 synthetic data")
     data = write_synthetic_dataset(out / "data", n_captions=args.captions, n_vqa_train=args.vqa_train,
-                                   n_vqa_test=args.vqa_test, seed=args.seed, multi_turn_train=True)
+                                   n_vqa_test=args.vqa_test, seed=args.seed)
     cap = [f"optim.max_steps={args.max_steps}"] if args.max_steps > 0 else []
     timings["data"] = time.perf_counter() - t
 
