@@ -52,9 +52,9 @@ def evaluate_text_only(model_dir: Path, data, out: Path, eval_samples: int, name
                      max_new_tokens=3)
     metrics = synthetic.score(answers, data.stage2_test)
     logger.info("%s: %s", name, metrics)
+    by_type = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("accuracy/")}
     return PipelineReport(name=name, accuracy=metrics["accuracy"], prefill_samples_per_s=math.nan,
-                          skipped_fraction=math.nan, mod_layers=[], tflops=math.nan,
-                          accuracy_by_type={k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("accuracy/")})
+                          skipped_fraction=math.nan, mod_layers=[], tflops=math.nan, accuracy_by_type=by_type)
 
 
 __all__ = ["train_text_only", "evaluate_text_only"]

@@ -109,7 +109,8 @@ def test_pipeline_seeds_one_table_over_runs(tmp_path, capsys):
     for seed in (0, 1):
         one = json.loads((out / f"seed_{seed}" / "report_pmod.json").read_text())
         assert [m["name"] for m in one["metrics"]] == ["dense", "MoD (pmod)"]
-    assert (out / "seed_0" / "data" / "stage2_test.json").read_text() != (out / "seed_1" / "data" / "stage2_test.json").read_text()
+    tests = [(out / f"seed_{seed}" / "data" / "stage2_test.json").read_text() for seed in (0, 1)]
+    assert tests[0] != tests[1]
     summary = json.loads((out / "report_pmod_seeds.json").read_text())
     per_seed = [summary["per_seed"][s][0]["accuracy"] for s in ("0", "1")]
     assert summary["seeds"] == [0, 1] and summary["mean"][0]["accuracy"] == pytest.approx(sum(per_seed) / 2)

@@ -36,7 +36,8 @@ def test_blind_records_drop_the_image_and_its_tag_only():
 def test_blind_split_file_and_questions(tmp_path):
     src = tmp_path / "train.json"
     src.write_text(json.dumps([{"id": "a", "image": "i.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat color is the shape on the right?"}, {"from": "gpt", "value": "red"}]}]))
+        {"from": "human", "value": "<image>\nWhat color is the shape on the right?"},
+        {"from": "gpt", "value": "red"}]}]))
     dst = write_blind_split(src, tmp_path / "blind" / "train.json")
     assert json.loads(dst.read_text()) == [{"id": "a", "conversations": [
         {"from": "human", "value": "What color is the shape on the right?"}, {"from": "gpt", "value": "red"}]}]
@@ -63,7 +64,8 @@ def test_row_metrics_ratios_against_dense_and_blind_row_without_speed():
     lines = table.splitlines()
     assert lines[0] == ("| model | accuracy | color | count | TFLOPs/sample | TFLOPs vs dense | prefill samples/s | "
                         "prefill speed-up | decode tok/s | decode vs dense | skipped tokens | layers skipping |")
-    assert lines[3] == "| MoD (gamma) | 85.0% | 90.0% | 80.0% | 1.5 | 0.750 | 15.0 | 1.50x | 110.0 | 1.10x | 50.0% | [1, 2] |"
+    assert lines[3] == ("| MoD (gamma) | 85.0% | 90.0% | 80.0% | 1.5 | 0.750 | 15.0 | 1.50x | 110.0 | 1.10x | 50.0% "
+                        "| [1, 2] |")
     assert lines[4] == "| text-only (no image) | 30.0% | 25.0% | 35.0% | - | - | - | - | - | - | - | - |"
     assert "chance level (majority answer per question type): 33.5%" in table and "±" not in table
 
@@ -77,7 +79,8 @@ def test_aggregate_means_and_sample_spread_per_seed_ratios():
     dense, mod = means
     assert dense["accuracy"] == pytest.approx(0.85) and spreads[0]["accuracy"] == pytest.approx(0.0707107, abs=1e-6)
     # Speed-ups per seed (2.0 and 1.5), then averaged: not the ratio of mean speeds (25 / 15).
-    assert mod["prefill_speedup"] == pytest.approx(1.75) and spreads[1]["prefill_speedup"] == pytest.approx(0.353553, abs=1e-6)
+    assert mod["prefill_speedup"] == pytest.approx(1.75)
+    assert spreads[1]["prefill_speedup"] == pytest.approx(0.353553, abs=1e-6)
     assert mod["decode_speedup"] == pytest.approx(1.1) and mod["seeds"] == 2
     table = format_table(means, 0.33, spreads, seeds=[0, 1])
     assert "| MoD (gamma) | 75.0 ± 7.1% | 70.0 ± 14.1% | 1 ± 0 | 0.500 ± 0.000 | 25.0 ± 7.1 | 1.75 ± 0.35x |" in table
@@ -118,13 +121,12 @@ def test_multi_turn_training_records(tmp_path):
                                    multi_turn_train=True)
     train, test = json.loads(data.stage2_train.read_text()), json.loads(data.stage2_test.read_text())
     assert len(train) == 5 and len(test) == 6  # one 3-round record per training image; test: one per question
-    questions = set()
     for record in train:
         turns = record["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * 3
         assert turns[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in turns[1:])
-        questions |= {turns[0]["value"].split("\n", 1)[1], turns[2]["value"], turns[4]["value"]}
-        assert "How many shapes are there?" in {turns[0]["value"].split("\n", 1)[1], turns[2]["value"], turns[4]["value"]}
+        asked = {turns[0]["value"].split("\n", 1)[1], turns[2]["value"], turns[4]["value"]}
+        assert len(asked) == 3 and "How many shapes are there?" in asked  # count, colour and shape, once each
     assert all(len(r["conversations"]) == 2 for r in test)
     single = write_synthetic_dataset(tmp_path / "s", n_captions=2, n_vqa_train=5, n_vqa_test=2, seed=1)
     assert len(json.loads(single.stage2_train.read_text())) == 15
