@@ -3,7 +3,9 @@
     synthetic data -> stage 1 (projector) -> stage-2 dense SFT -> ARank -> select + convert
     -> MoD SFT (adaptation) and, for a fair baseline, the same extra SFT of the dense model
     -> held-out VQA accuracy + prefill speed -> one table, with training-free FastV and PDrop rows
-       (the dense model's own weights with a token pruner, gamma_mod/prune)
+       (the dense model's own weights with a token pruner, gamma_mod/prune), and an image-blind row: the
+       dense recipe trained and asked without images (gamma_mod/pipeline_baselines.py)
+    --seeds N: all of it once per seed, one mean ± spread table (gamma_mod/pipeline_seeds.py)
 
 The paper converts a model whose LLM is pretrained (Vicuna); the tiny default's LLM starts random,
 so its first SFT epochs stand in for that pretraining: ARank is measured on the SFT model (on a
