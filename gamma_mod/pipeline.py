@@ -4,7 +4,9 @@
     synthetic data -> stage 1 (projector) -> stage-2 dense SFT -> ARank -> select + convert
     -> MoD SFT (adaptation) and, for a fair baseline, the same extra SFT of the dense model
     -> held-out VQA accuracy + prefill speed -> one table, with training-free FastV and PDrop rows
-       (the dense model's own weights with a token pruner, gamma_mod/prune)
+       (the dense model's own weights with a token pruner, gamma_mod/prune), and an image-blind row: the
+       dense recipe trained and asked without images (gamma_mod/pipeline_baselines.py)
+    --seeds N: all of it once per seed, one mean ± spread table (gamma_mod/pipeline_seeds.py)
 
 The paper converts a model whose LLM is pretrained (Vicuna); the tiny default's LLM starts random,
 so its first SFT epochs stand in for that pretraining: ARank is measured on the SFT model (on a
@@ -20,8 +22,9 @@ import argparse
 import json
 import logging
 import shutil
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +44,8 @@ class PipelineReport:
     skipped_fraction: float  # MoD: of routable tokens, mean over MoD layers; pruners: of image tokens
     mod_layers: list[int]  # the layers that skip tokens (MoD layers, or the layers after a pruner's first drop)
     tflops: float = 0.0  # prefill TFLOPs per sample, paper convention with the measured token counts
+    accuracy_by_type: dict[str, float] = field(default_factory=dict)  # question type -> accuracy
+    decode_tokens_per_s: float = math.nan  # greedy steps over the KV cache, models timed in turn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arank-samples", type=int, default=32)
     parser.add_argument("--eval-samples", type=int, default=600, help="held-out questions to answer (600 = all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
+                        help="run the whole pipeline per seed (N: seeds --seed .. --seed+N-1; or a comma list) into "
+                             "--out/seed_<s> and print mean ± spread per row (default: the one --seed, into --out)")
+    parser.add_argument("--no-text-only", action="store_true",
+                        help="no image-blind baseline row (the same SFT recipe on the records without images)")
     parser.add_argument("--captions", type=int, default=1500,
                         help="synthetic stage-1 captions (with --base: captions in the first SFT's data)")
     parser.add_argument("--vqa-train", type=int, default=1000, help="synthetic training images (3 questions each)")
@@ -139,15 +149,20 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .data.synthetic import write_synthetic_dataset
+    from .pipeline_seeds import parse_seeds, run_seeds
 
     check_arguments(args)
     if args.base is not None:
         from . import family_pipeline
 
+        if getattr(args, "seeds", None) is not None:
+            raise UsageError("--seeds runs the embedded default's pipeline; with --base run one --seed per call")
         args.epochs = 6.0 if args.epochs is None else args.epochs
         args.lr = 2e-3 if args.lr is None else args.lr
         args.batch_size = 16 if args.batch_size is None else args.batch_size
         return family_pipeline.run(args)
+    if getattr(args, "seeds", None) is not None:
+        return run_seeds(args, parse_seeds(args.seeds, args.seed), run)
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -200,18 +215,33 @@ def run(args: argparse.Namespace) -> int:
         train_stage(args.stage2_config, stage2_dense, data, stage="finetune", init=sft, seed=args.seed, extra=extra)
     timings["adapt"] = time.perf_counter() - t
 
+    blind = None
+    if not getattr(args, "no_text_only", False):
+        from .pipeline_baselines import train_text_only
+
+        t = step("5b/6 text-only baseline: the same SFT recipe on the records without images")
+        blind = train_text_only(args, data, out, stage1, cap)
+        timings["text_only"] = time.perf_counter() - t
+
     t = step("6/6 evaluation: held-out synthetic VQA accuracy and prefill speed")
     n_layers = json.loads((stage2_dense / "config.json").read_text())["num_hidden_layers"]
     pruners = [] if args.no_prune else (args.prune or default_pruners(n_layers))
     rows = evaluate_pair(stage2_dense, stage2_mod, data, out, args.eval_samples, args.strategy, pruners)
+    if blind is not None:
+        from .pipeline_baselines import evaluate_text_only
+
+        rows.append(evaluate_text_only(blind, data, out, args.eval_samples))
     timings["eval"] = time.perf_counter() - t
+
+    from .eval.quickstart_table import row_metrics
 
     table = format_report(rows, data.chance_accuracy)
     print(table)
     (out / f"report_{args.strategy}.md").write_text(table + "\n")
     write_summary(out)
     (out / f"report_{args.strategy}.json").write_text(json.dumps(
-        {"rows": [asdict(r) for r in rows], "chance_accuracy": data.chance_accuracy, "timings_s": timings}, indent=2))
+        {"rows": [asdict(r) for r in rows], "metrics": row_metrics(rows), "chance_accuracy": data.chance_accuracy,
+         "timings_s": timings}, indent=2))
     logger.info("pipeline done in %.0f s (%s); report in %s", sum(timings.values()),
                 ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()), out / f"report_{args.strategy}.md")
     return 0
@@ -228,20 +258,10 @@ def write_summary(out: Path) -> None:
 
 
 def format_report(rows: list[PipelineReport], chance: float) -> str:
-    dense = rows[0]
-    lines = [
-        "| model | held-out VQA accuracy | TFLOPs/sample | TFLOPs vs dense | prefill samples/s | prefill speed-up | "
-        "skipped tokens (MoD: of routable; pruners: of image) | layers skipping |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.name} | {100 * r.accuracy:.1f}% | {r.tflops:.4g} | {r.tflops / dense.tflops:.3f} | "
-            f"{r.prefill_samples_per_s:.1f} | {r.prefill_samples_per_s / dense.prefill_samples_per_s:.2f}x | "
-            f"{100 * r.skipped_fraction:.1f}% | {r.mod_layers or '-'} |"
-        )
-    lines.append(f"\nchance level (majority answer per question type): {100 * chance:.1f}%")
-    return "\n".join(lines)
+    """One seed's table (gamma_mod/eval/quickstart_table.py; several seeds: gamma_mod/pipeline_seeds.py)."""
+    from .eval.quickstart_table import format_table, row_metrics
+
+    return format_table(row_metrics(rows), chance)
 
 
 # -- steps ------------------------------------------------------------------------------------------
@@ -308,6 +328,7 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples:
     from .data.processor import get_processor
     from .eval.answer import generate_answers, question_encoder
     from .eval.compare import compare_methods
+    from .eval.decode import alternating_decode_rates
     from .eval.scorers import synthetic
     from .eval.speed import question_inputs
     from .model import LlavaLlamaForCausalLM
@@ -329,6 +350,8 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples:
         encode, tokenizer, _ = encoders["dense"]
         encoders[name] = (encode, tokenizer, f"{dense_dir.name}_{name.replace(' ', '_').replace('=', '')}")
 
+    by_type: dict[str, dict[str, float]] = {}
+
     def answer(name: str, model) -> float:
         encode, tokenizer, stem = encoders[name]
         answers = out / "eval" / f"{stem}.jsonl"
@@ -336,8 +359,12 @@ def evaluate_pair(dense_dir: Path, mod_dir: Path, data, out: Path, eval_samples:
         generate_answers(model, questions, encode, tokenizer, answers, batch_size=16, max_new_tokens=3)
         metrics = synthetic.score(answers, data.stage2_test)
         logger.info("%s: %s", name, metrics)
+        by_type[name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("accuracy/")}
         return metrics["accuracy"]
 
+    results = compare_methods(models, answer, prompts)
+    decode = alternating_decode_rates(models, prompts)
     return [PipelineReport(name=r.name, accuracy=r.accuracy, prefill_samples_per_s=r.prefill_samples_per_s,
-                           skipped_fraction=r.skipped, mod_layers=r.layers, tflops=r.tflops)
-            for r in compare_methods(models, answer, prompts)]
+                           skipped_fraction=r.skipped, mod_layers=r.layers, tflops=r.tflops,
+                           accuracy_by_type=by_type[r.name], decode_tokens_per_s=decode[r.name])
+            for r in results]

@@ -50,8 +50,23 @@ def test_quickstart_install_draws_the_plots():
 def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert run(tmp_path, "gamma", "--k-dense", "3") == 0
     report = json.loads((tmp_path / "run" / "report_gamma.json").read_text())
-    dense, mod, fastv, pdrop = report["rows"]
+    dense, mod, fastv, pdrop, blind = report["rows"]
     assert dense["skipped_fraction"] == 0 and mod["skipped_fraction"] > 0.4
+    # Issue 16: accuracy per question type and decode tok/s on every timed row; the image-blind baseline is
+    # trained through the dense recipe on the records without images and answers without them.
+    for row in (dense, mod, fastv, pdrop, blind):
+        assert set(row["accuracy_by_type"]) == {"color", "count", "shape"}
+    assert all(r["decode_tokens_per_s"] > 0 for r in (dense, mod, fastv, pdrop))
+    assert blind["name"] == "text-only (no image)" and blind["decode_tokens_per_s"] != blind["decode_tokens_per_s"]
+    for stage in ("text_only_sft", "text_only"):
+        assert (tmp_path / "run" / stage / "complete.json").is_file()
+    blind_train = json.loads((tmp_path / "run" / "data_text_only" / "stage2_train.json").read_text())
+    assert blind_train and all("image" not in r and "<image>" not in json.dumps(r) for r in blind_train)
+    metrics = {m["name"]: m for m in report["metrics"]}
+    assert metrics["MoD (gamma)"]["prefill_speedup"] == pytest.approx(
+        mod["prefill_samples_per_s"] / dense["prefill_samples_per_s"])
+    assert metrics["MoD (gamma)"]["decode_speedup"] == pytest.approx(
+        mod["decode_tokens_per_s"] / dense["decode_tokens_per_s"])
     # Training-free rows on the dense weights: FastV K=2 R=0.5, PDrop at 8/16/24 of 32 scaled to 4 layers.
     assert (fastv["name"], fastv["skipped_fraction"], fastv["mod_layers"]) == ("FastV K=2 R=0.5", 0.5, [2, 3])
     assert pdrop["name"] == "PDrop layers=1,2,3 lambda=0.5" and pdrop["mod_layers"] == [1, 2, 3]
@@ -72,6 +87,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert_embedded_pngs_exist(tmp_path / "run" / "report.md", 7)  # ARank, 3 MoD-stage curves, 3 dense-stage losses
     table = capsys.readouterr().out
     assert "| dense |" in table and "| MoD (gamma) |" in table and "| FastV K=2 R=0.5 |" in table
+    assert "| model | accuracy | color | count | shape | TFLOPs/sample |" in table and "| decode tok/s |" in table
+    assert "| text-only (no image) |" in table
     # A second run finds every stage complete and only re-evaluates.
     stamp = (tmp_path / "run" / "stage2_gamma" / "complete.json").stat().st_mtime
     assert run(tmp_path, "gamma", "--k-dense", "3") == 0
@@ -79,9 +96,26 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_pipeline_pmod(tmp_path):
-    assert run(tmp_path, "pmod", "--no-prune") == 0
+    assert run(tmp_path, "pmod", "--no-prune", "--no-text-only") == 0
     report = json.loads((tmp_path / "run" / "report_pmod.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["dense", "MoD (pmod)"]
+    assert not (tmp_path / "run" / "text_only").exists()
+
+
+def test_pipeline_seeds_one_table_over_runs(tmp_path, capsys):
+    """--seeds 0,1: two complete runs in seed_0/ and seed_1/ (each its own data draw), one mean ± spread table."""
+    assert run(tmp_path, "pmod", "--no-prune", "--no-text-only", "--seeds", "0,1", "--max-steps", "1") == 0
+    out = tmp_path / "run"
+    for seed in (0, 1):
+        one = json.loads((out / f"seed_{seed}" / "report_pmod.json").read_text())
+        assert [m["name"] for m in one["metrics"]] == ["dense", "MoD (pmod)"]
+    tests = [(out / f"seed_{seed}" / "data" / "stage2_test.json").read_text() for seed in (0, 1)]
+    assert tests[0] != tests[1]
+    summary = json.loads((out / "report_pmod_seeds.json").read_text())
+    per_seed = [summary["per_seed"][s][0]["accuracy"] for s in ("0", "1")]
+    assert summary["seeds"] == [0, 1] and summary["mean"][0]["accuracy"] == pytest.approx(sum(per_seed) / 2)
+    table = capsys.readouterr().out
+    assert "mean ± sample standard deviation over seeds 0, 1" in table and "| dense |" in table
 
 
 @pytest.mark.parametrize("twin", ["llava_v1_5_tiny", "llava_hr_tiny", "mgm_hd_tiny"])

@@ -5,6 +5,11 @@ Each 64x64 image has 1-3 shapes (circle/square/triangle, four colours) in some o
 right"); stage 2 gets single-word VQA ("How many shapes are there?" -> "two", "What color is the
 shape on the left?" -> "red", "What shape is on the right?" -> "square") split into train and a
 held-out test set. Deterministic for a seed.
+
+`multi_turn_train=True` writes each training image's three questions as ONE conversation (three
+human/gpt rounds, order shuffled per image), LLaVA's own layout for several questions about one
+image: the image tokens are encoded once per image instead of once per question, so an epoch costs
+about 2.3x less at the same supervision. The held-out split stays one question per record.
 """
 
 from __future__ import annotations
@@ -114,6 +119,15 @@ def _record(rid: str, image: str, question: str, answer: str) -> dict:
             "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
 
 
+def _conversation(rid: str, image: str, turns: list[tuple[str, str]]) -> dict:
+    """One record, several rounds; the image tag opens the first question (LLaVA's layout)."""
+    conversations = []
+    for i, (question, answer) in enumerate(turns):
+        conversations += [{"from": "human", "value": f"<image>\n{question}" if i == 0 else question},
+                          {"from": "gpt", "value": answer}]
+    return {"id": rid, "image": image, "conversations": conversations}
+
+
 def chance_accuracy(records: list[dict], types: list[str]) -> float:
     """Accuracy of a blind guesser that always gives the most frequent answer of each question type.
 
@@ -127,17 +141,17 @@ def chance_accuracy(records: list[dict], types: list[str]) -> float:
 
 
 def write_synthetic_dataset(out_dir: str | Path, n_captions: int = 2000, n_vqa_train: int = 1500, n_vqa_test: int = 200,
-                            image_size: int = 64, seed: int = 0) -> SyntheticDataset:
+                            image_size: int = 64, seed: int = 0, multi_turn_train: bool = False) -> SyntheticDataset:
     """Write images, stage1.json, stage2_train.json, stage2_test.json and a tokenizer into `out_dir`.
 
-    n_vqa_* count images; each gives three questions. Rewrites nothing if a complete dataset with the
-    same parameters is already there.
+    n_vqa_* count images; each gives three questions (with `multi_turn_train`, one three-round training
+    record per image). Rewrites nothing if a complete dataset with the same parameters is already there.
     """
     root = Path(out_dir)
     images = root / "images"
     # The vocabulary is part of the key: a changed wording must not reuse a stale tokenizer.
     params = dict(n_captions=n_captions, n_vqa_train=n_vqa_train, n_vqa_test=n_vqa_test, image_size=image_size, seed=seed,
-                  vocab=list(SYNTHETIC_VOCAB), tokenizer_version=TOKENIZER_VERSION)
+                  multi_turn_train=multi_turn_train, vocab=list(SYNTHETIC_VOCAB), tokenizer_version=TOKENIZER_VERSION)
     meta_path = root / "synthetic.json"
     paths = dict(root=root, images=images, stage1=root / "stage1.json", stage2_train=root / "stage2_train.json",
                  stage2_test=root / "stage2_test.json", tokenizer=root / "tokenizer")
@@ -163,7 +177,13 @@ def write_synthetic_dataset(out_dir: str | Path, n_captions: int = 2000, n_vqa_t
         records, types = [], []
         for i in range(count):
             name = f"vqa_{split}_{i:05d}.png"
-            for qtype, question, answer in questions_for(make_image(name), rng):
+            asked = questions_for(make_image(name), rng)
+            if split == "train" and multi_turn_train:
+                rng.shuffle(asked)
+                records.append(_conversation(f"{split}-{i}", name, [(q, a) for _, q, a in asked]))
+                types.append("+".join(t for t, _, _ in asked))
+                continue
+            for qtype, question, answer in asked:
                 records.append(_record(f"{split}-{i}-{qtype}", name, question, answer))
                 types.append(qtype)
         splits[split] = (records, types)
