@@ -292,6 +292,10 @@ def check_inputs(cfg: TrainConfig) -> None:
             resolve_config("model", cfg.model.spec)
         except FileNotFoundError as e:
             raise ConfigError(f"model.spec: {e}") from None
+        from ..families.specs import is_family_spec
+
+        if not is_family_spec(cfg.model.spec):
+            check_pretrained_components(cfg)  # a real-size spec without its pretrained parts: say so first
     tokenizer = cfg.model.tokenizer or cfg.model.init or cfg.model.llm
     if not tokenizer:
         raise ConfigError("model.tokenizer is required when neither model.init nor model.llm is set")
@@ -356,10 +360,8 @@ def run_training(cfg: TrainConfig) -> Path:
         logger.info("resume=true: %s holds a finished run (step %s); nothing to do (a new run into it needs "
                     "overwrite=true)", out, step)
         return out
-    check_inputs(cfg)
+    check_inputs(cfg)  # includes the real-size refusal (check_pretrained_components), before anything slow
     family = training_family(cfg)
-    if family is None:
-        check_pretrained_components(cfg)  # before anything slow
     folder = check_output_dir(cfg)
     try:
         args = training_arguments(cfg)  # first: under ZeRO-3 it must exist before the model is built
