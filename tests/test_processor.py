@@ -287,15 +287,31 @@ def test_get_processor_hands_other_model_types_to_the_hf_families(tmp_path, monk
     monkeypatch.setitem(sys.modules, "gamma_mod.families.processing", None)  # the families layer absent
     with pytest.raises(ValueError, match="model_type 'qwen2_5_vl' is not one of our LLaVA-fork types"):
         get_processor(tmp_path)
-    calls = []
 
-    class HFFamilyProcessor:
-        @classmethod
-        def from_pretrained(cls, source, **kwargs):
-            calls.append((source, kwargs))
-            return "hf processor"
 
-    monkeypatch.setitem(sys.modules, "gamma_mod.families.processing",
-                        types.SimpleNamespace(HFFamilyProcessor=HFFamilyProcessor))
-    assert get_processor(tmp_path, tokenizer="tok", min_pixels=16) == "hf processor"
-    assert calls == [(tmp_path, {"tokenizer": "tok", "min_pixels": 16})]
+def test_get_processor_of_a_family_folder_and_of_a_loaded_family_model(tmp_path):
+    """The one entry point serves the Hugging Face families too: the folder's own tokenizer and chat template,
+    its token ids checked against the model config."""
+    from gamma_mod.families import load_family_model
+    from gamma_mod.families.processing import HFFamilyProcessor, build_tiny_processor
+    from gamma_mod.families.specs import build_family_model
+
+    proc_dir = build_tiny_processor("qwen2_5_vl", tmp_path / "proc")
+    tiny = HFFamilyProcessor.from_pretrained(proc_dir)
+    model = build_family_model("qwen2_5_vl_tiny")
+    model.config.image_token_id, model.config.video_token_id = tiny.image_token_id, tiny.video_token_id
+    folder = tmp_path / "qwen"
+    model.save_pretrained(folder)
+    HFFamilyProcessor.for_model(model, proc_dir).save_pretrained(folder)
+
+    from_folder = get_processor(folder)
+    assert isinstance(from_folder, HFFamilyProcessor) and from_folder.family == "qwen2_5_vl"
+    assert from_folder.image_token_id == model.config.image_token_id
+    prompt = from_folder.encode_prompt("What color is the shape?")
+    assert "What color is the shape?" in from_folder.decode(prompt["input_ids"].reshape(-1).tolist())
+    loaded = load_family_model(folder)
+    assert get_processor(loaded).image_token_id == model.config.image_token_id  # folder from _name_or_path
+    with pytest.raises(TypeError, match="tokenizer= is for the LLaVA fork"):
+        get_processor(folder, tokenizer="tok")
+    with pytest.raises(ValueError, match="needs folder="):
+        get_processor(model.config)

@@ -266,8 +266,10 @@ def get_processor(source, *, tokenizer=None, template: str | ConversationTemplat
 
     Our LLaVA-fork types get a LlavaForkProcessor (template / max_length / on_overlong apply to it); every
     other model_type is a Hugging Face family, handled by gamma_mod.families.processing.HFFamilyProcessor
-    (`HFFamilyProcessor.from_pretrained(source, tokenizer=..., **kwargs)`, which reads the family's own chat
-    template). A model or config given without `tokenizer` needs one: it is loaded from a folder only.
+    (`HFFamilyProcessor.for_model`: the family's own tokenizer and chat template from the model folder, image and
+    patch sizes re-synced from the model's config, token ids checked). For the fork, a model or config given
+    without `tokenizer` needs one (it is loaded from a folder only); for a family, a loaded model or config needs
+    `folder=` (the folder holding its processor files) unless it was loaded from one.
     """
     model_type, config = _model_type(source)
     if model_type in FORK_MODEL_TYPES:
@@ -291,4 +293,15 @@ def get_processor(source, *, tokenizer=None, template: str | ConversationTemplat
         raise ValueError(f"model_type {model_type!r} is not one of our LLaVA-fork types {FORK_MODEL_TYPES} and the "
                          f"Hugging Face family processors (gamma_mod.families.processing) are not available ({e})"
                          ) from None
-    return HFFamilyProcessor.from_pretrained(source, tokenizer=tokenizer, **kwargs)
+    if tokenizer is not None:
+        raise TypeError(f"get_processor: a {model_type} model's processor reads its own tokenizer and chat template "
+                        "from the model folder; tokenizer= is for the LLaVA fork")
+    if isinstance(source, (str, Path)):
+        from transformers import AutoConfig
+
+        return HFFamilyProcessor.for_model(AutoConfig.from_pretrained(str(source)), source, **kwargs)
+    folder = kwargs.pop("folder", None) or getattr(config, "_name_or_path", "")
+    if not folder or not Path(folder).is_dir():
+        raise ValueError(f"get_processor: a loaded {model_type} model or config needs folder=... (the folder holding "
+                         "its processor files: tokenizer, processor config, chat template)")
+    return HFFamilyProcessor.for_model(source, folder, **kwargs)
