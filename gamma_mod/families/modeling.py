@@ -51,7 +51,7 @@ from ..mod.convert import register_converter
 from ..mod.layer import ModContextHolder, ModForwardContext, RoutingCounts, is_mod_layer, mod_layer_class
 from ..mod.router import load_shared_router
 from ..mod.strategies import build_strategy, prd_retention_for
-from ..model.llava_llama import is_router_key, read_router_weights
+from ..model.llava_llama import read_router_weights, unaliased_router_copies
 from .base import FamilyAdapter
 from .llava_hf import LLAVA_HF
 from .llava_onevision import LLAVA_ONEVISION
@@ -248,9 +248,7 @@ class ModFamilyModelMixin:
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs):
         """Every MoD layer's router under its own `...layers.{i}.router.*` key; shared copies are cloned
         (safetensors refuses aliased tensors)."""
-        if state_dict is None:
-            state_dict = self.state_dict()
-        state_dict = {k: (v.clone() if is_router_key(k) else v) for k, v in state_dict.items()}
+        state_dict = unaliased_router_copies(self.state_dict() if state_dict is None else state_dict)
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     @classmethod

@@ -237,9 +237,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs):
         """Write every MoD layer's router as its own `model.layers.{i}.router.weight` (the released
         checkpoints' layout); safetensors refuses aliased tensors, so shared copies are cloned."""
-        if state_dict is None:
-            state_dict = self.state_dict()
-        state_dict = {k: (v.clone() if is_router_key(k) else v) for k, v in state_dict.items()}
+        state_dict = unaliased_router_copies(self.state_dict() if state_dict is None else state_dict)
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     @classmethod
@@ -338,6 +336,12 @@ class ModLlavaLlamaForCausalLM(LlavaLlamaForCausalLM):
     """Entry for configs with the official `model_type: mod_llava_llama`."""
 
     config_class = ModLlavaLlamaConfig
+
+
+def unaliased_router_copies(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A shared router appears under every MoD layer's `...router.*` key; safetensors refuses aliased tensors,
+    so each copy is cloned (the released checkpoints' layout: one router per layer)."""
+    return {k: (v.clone() if is_router_key(k) else v) for k, v in state_dict.items()}
 
 
 def read_router_weights(folder: str) -> dict[str, torch.Tensor]:
